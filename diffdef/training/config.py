@@ -1,0 +1,165 @@
+"""Training configuration: one JSON-able tree, three presets, dotted CLI overrides.
+
+A run's configuration is saved as ``config.json`` in its output folder; a resumed run must have the same
+configuration (the training state records its hash).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+PRESETS = ("tiny", "default", "paper")
+
+
+def _models(preset: str) -> dict[str, Any]:
+    from diffdef.models.autoencoder import autoencoder_preset
+    from diffdef.models.denoiser import denoiser_preset
+    from diffdef.models.registration import registration_preset
+
+    return {
+        "autoencoder": autoencoder_preset(preset).to_dict(),
+        "registration": registration_preset(preset).to_dict(),
+        "denoiser": denoiser_preset(preset).to_dict(),
+    }
+
+
+def _base() -> dict[str, Any]:
+    return {
+        "seed": 0,
+        "data": {
+            "source": "synthetic",  # "synthetic" (embedded default) or "manifest"
+            "grid": "2mm",
+            "n_subjects": 200,
+            "synthetic_seed": 0,
+            "manifest": None,  # CSV of template-aligned NIfTIs (source = "manifest")
+            "image_column": "path",
+            "conditions": ["age"],  # any subset of age, sex, ventricle_volume_ml
+        },
+        "schedule": {  # the paper's public code: scaled-linear betas 0.0015-0.0205, v-prediction
+            "num_train_timesteps": 1000,
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.0015,
+            "beta_end": 0.0205,
+            "prediction_type": "v_prediction",
+            "clip_sample": False,
+        },
+        "ae": {"steps": 300, "batch_size": 1, "lr": 2e-4, "kl_weight": 1e-8, "adv_weight": 0.01,
+               "adv_start": 200, "disc_lr": 2e-4},
+        "reg": {"steps": 300, "batch_size": 1, "lr": 1e-3, "similarity": "mse", "smooth_weight": 1.0,
+                "template_fixed_prob": 0.3},
+        "ldm": {
+            "unet_steps": 2000,  # L_diff only, before the DVF decoder starts
+            "joint_steps": 150,  # L_diff on the UNet + alpha*L_morph + beta*bending on the DVF decoder
+            "batch_size": 16,
+            "lr": 2e-4,
+            "dvf_lr": 2e-4,
+            "condition_dropout": 0.1,
+            "alpha": 1.0,
+            "beta": 0.5,
+            "neighbours": 4,  # N; the paper uses 15
+            "neighbour_sigma": 0.05,  # Gaussian width on the normalised condition
+            "sample_steps": 20,  # DDIM steps used to draw the latent for L_morph
+            "morph_grad_to_unet": False,
+            "diffeomorphic": False,
+            "integration_steps": 7,
+            "latent_scale": None,  # None: 1 / std of the training latents
+        },
+        "run": {"device": "auto", "mixed_precision": False, "compile": False, "checkpoint_every": 50,
+                "grad_accumulation": 1, "num_threads": 0},
+    }
+
+
+def preset_config(name: str) -> dict[str, Any]:
+    """The configuration tree of preset ``tiny`` (tests, seconds), ``default`` (2 mm, 2-core CPU) or ``paper``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
+    cfg = _base()
+    cfg["preset"] = name
+    cfg["models"] = _models(name)
+    if name == "tiny":
+        cfg["data"].update(grid="4mm", n_subjects=12, conditions=["age", "sex"])
+        cfg["ae"].update(steps=6, batch_size=2, adv_start=3)
+        cfg["reg"].update(steps=6, batch_size=2)
+        cfg["ldm"].update(unet_steps=6, joint_steps=4, batch_size=4, neighbours=2, sample_steps=3)
+        cfg["run"].update(checkpoint_every=2)
+    elif name == "paper":
+        cfg["data"].update(grid="paper", n_subjects=2000)
+        cfg["ae"].update(steps=100_000, batch_size=2, lr=1e-4, adv_start=10_000)
+        cfg["reg"].update(steps=50_000, batch_size=2, similarity="lncc")
+        cfg["ldm"].update(unet_steps=50_000, joint_steps=50_000, batch_size=8, neighbours=15, lr=2.5e-5,
+                          dvf_lr=1e-5, latent_scale=0.3)
+        cfg["run"].update(mixed_precision=True, checkpoint_every=1000)
+    return cfg
+
+
+def load_config(preset: str, config_file: str | Path | None, overrides: list[str]) -> dict[str, Any]:
+    """Preset, then a JSON config file (partial trees merge over the preset), then ``a.b=value`` overrides."""
+    cfg = preset_config(preset)
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            file_cfg = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"config file {path} is not valid JSON: {err}") from err
+        _merge(cfg, file_cfg, str(path))
+    for item in overrides:
+        apply_override(cfg, item)
+    return cfg
+
+
+def _merge(base: dict, update: dict, origin: str, prefix: str = "") -> None:
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise ValueError(f"{origin}: unknown configuration key {dotted!r}")
+        if isinstance(base[key], dict) and key != "models" or isinstance(base[key], dict) and isinstance(value, dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"{origin}: {dotted!r} must be an object")
+            _merge(base[key], value, origin, dotted + ".")
+        else:
+            base[key] = value
+
+
+def apply_override(cfg: dict[str, Any], item: str) -> None:
+    """Apply ``section.key=value`` (value parsed as JSON when it parses, else kept as a string)."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like section.key=value")
+    dotted, raw = item.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = cfg
+    for key in keys[:-1]:
+        if key not in node or not isinstance(node[key], dict):
+            raise ValueError(f"override {item!r}: unknown section {key!r}")
+        node = node[key]
+    if keys[-1] not in node:
+        raise ValueError(f"override {item!r}: unknown key {keys[-1]!r} (known: {sorted(node)})")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    node[keys[-1]] = value
+
+
+def config_hash(cfg: dict[str, Any], section: str | None = None) -> str:
+    """sha256 of the canonical JSON of the config (or of one stage's view of it)."""
+    tree = cfg if section is None else stage_view(cfg, section)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stage_view(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The part of the configuration that determines one stage's result (resume refuses a change in it)."""
+    view = {"seed": cfg["seed"], "data": cfg["data"], "stage": copy.deepcopy(cfg[stage])}
+    if stage in ("ae", "ldm"):
+        view["autoencoder"] = cfg["models"]["autoencoder"]
+    if stage in ("reg", "ldm"):
+        view["registration"] = cfg["models"]["registration"]
+    if stage == "ldm":
+        view["denoiser"] = cfg["models"]["denoiser"]
+        view["schedule"] = cfg["schedule"]
+    return view

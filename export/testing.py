@@ -1,0 +1,87 @@
+"""Untrained checkpoints in the training layout, for tests and export benchmarks (no training involved).
+
+``make_untrained_checkpoint`` writes exactly what ``diffdef.training.train`` writes for generation
+(``denoiser.{safetensors,json}``, ``dvf_decoder.{safetensors,json}``, ``model.json``) with randomly initialised
+modules. The DVF head of a fresh ``DVFDecoder`` is zero (identity transform), which would make any parity test
+of the decoder or the warp trivially pass; here it is re-initialised with small seeded random weights, scaled
+so that the DVF of a standard-normal latent has a standard deviation of ``dvf_std_voxels`` (about 1 voxel,
+maxima of a few voxels).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from diffdef.generate import MODEL_FORMAT_VERSION
+from diffdef.models.autoencoder import autoencoder_preset, build_autoencoder
+from diffdef.models.checkpoint import save_module
+from diffdef.models.denoiser import ConditionalDenoiser, denoiser_preset
+from diffdef.models.dvf_decoder import DVFDecoder, DVFDecoderConfig
+from diffdef_runtime import atomic
+from diffdef_runtime.conditions import ConditionSpec
+from diffdef_runtime.grid import get_grid
+from diffdef_runtime.schedulers import ScheduleConfig
+
+#: Conditions of the untrained checkpoints (those of the ``tiny`` training preset): age and sex.
+TEST_CONDITIONS = ConditionSpec(names=("age", "sex"), ranges={"age": (20.0, 90.0), "sex": (0.0, 1.0)},
+                                trained={"age": (45.0, 85.0), "sex": (0.0, 1.0)})
+
+
+def _randomise_head(decoder: DVFDecoder, latent_shape: tuple[int, ...], generator: torch.Generator,
+                    dvf_std_voxels: float) -> None:
+    """Give the (zero) DVF head seeded random weights scaled so that std(DVF) = ``dvf_std_voxels``."""
+    conv = decoder.head.conv
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator))
+        conv.bias.copy_(0.1 * torch.randn(conv.bias.shape, generator=generator))
+        z = torch.randn((1, *latent_shape), generator=generator)
+        std = float(decoder.raw_field(z).std())
+        conv.weight.mul_(dvf_std_voxels / max(std, 1e-12))
+        conv.bias.mul_(dvf_std_voxels / max(std, 1e-12))
+
+
+def make_untrained_checkpoint(out_dir: str | Path, grid: str = "4mm", seed: int = 0, preset: str = "tiny", *,
+                              diffeomorphic: bool = False, integration_steps: int = 7,
+                              dvf_std_voxels: float = 0.75, latent_scale: float = 0.3,
+                              sample_steps: int = 3) -> Path:
+    """Write a randomly initialised checkpoint folder in the layout of ``diffdef-train``.
+
+    Args:
+        out_dir: folder to write (created).
+        grid: training grid name (``4mm`` for tests; ``2mm``/``paper`` for benchmarks).
+        seed: seeds every weight (same seed, same files).
+        preset: model preset for the denoiser and the autoencoder: ``tiny``, ``default`` or ``paper``.
+        diffeomorphic: the decoder head is a velocity integrated with ``integration_steps`` squarings.
+        dvf_std_voxels: standard deviation of the (raw) head output for a standard-normal latent, voxels.
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    g = get_grid(grid)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ae_cfg = autoencoder_preset(preset)
+        den_cfg = denoiser_preset(preset, num_conditions=TEST_CONDITIONS.num_conditions).replace(
+            latent_channels=ae_cfg.latent_channels)
+        denoiser = ConditionalDenoiser(den_cfg).eval()
+        dec_cfg = DVFDecoderConfig(autoencoder=ae_cfg, diffeomorphic=diffeomorphic,
+                                   integration_steps=integration_steps)
+        decoder = DVFDecoder.from_autoencoder(build_autoencoder(ae_cfg), dec_cfg).eval()
+    _randomise_head(decoder, (ae_cfg.latent_channels, *g.latent_shape), generator, dvf_std_voxels)
+
+    save_module(out_dir, "denoiser", denoiser, den_cfg.to_dict())
+    save_module(out_dir, "dvf_decoder", decoder, dec_cfg.to_dict())
+    atomic.write_json(out_dir / "model.json", {
+        "format_version": MODEL_FORMAT_VERSION,
+        "grid": g.name,
+        "conditions": TEST_CONDITIONS.to_dict(),
+        "schedule": ScheduleConfig().to_dict(),
+        "latent_scale": float(latent_scale),
+        "sample_steps": int(sample_steps),
+        "preset": preset,
+    })
+    return out_dir

@@ -1,0 +1,162 @@
+"""The atlas generation loop, written once for every backend (ONNX Runtime, TensorRT, PyTorch).
+
+A backend supplies three array functions (``Engines``); this module owns the noise, the scheduler loop,
+classifier-free guidance, sample averaging and the measurements, all in numpy.
+
+Noise is drawn with numpy from (seed, sample index [, step]) only, never from the condition: the atlas of
+age 70 with seed 0 is the same whether 70 is asked alone or in a list, and atlases of different ages
+share their noise (common random numbers), so differences between them come from the condition.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from diffdef_runtime.conditions import ConditionSpec
+from diffdef_runtime.jacobian import jacobian_determinant
+from diffdef_runtime.schedulers import ScheduleConfig, guided, make_sampler
+
+
+class Engines(Protocol):
+    """What a backend provides. All arrays are float32 numpy, batch first."""
+
+    name: str
+
+    def denoise(self, latents: np.ndarray, timesteps: np.ndarray, condition: np.ndarray,
+                condition_mask: np.ndarray) -> np.ndarray:
+        """(N, C, d, h, w), (N,) int64, (N, K), (N, 1) -> model output (N, C, d, h, w)."""
+
+    def decode_dvf(self, latents: np.ndarray) -> np.ndarray:
+        """Unscaled latents (N, C, d, h, w) -> DVF (N, 3, D, H, W) in voxels."""
+
+    def warp(self, image: np.ndarray, dvf: np.ndarray) -> np.ndarray:
+        """(N, C, D, H, W) images, (N, 3, D, H, W) DVF -> warped (N, C, D, H, W); trilinear, border."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What generation needs to know about a trained model (from ``model.json`` or a bundle manifest).
+
+    Attributes:
+        conditions: the condition spec (names, normalisation and trained ranges).
+        schedule: the training noise schedule.
+        latent_shape: (C, d, h, w) of the scaled latent.
+        latent_scale: latents were multiplied by this for diffusion training.
+        affine: 4x4 template affine; voxel_volume_ml: one voxel's volume.
+    """
+
+    conditions: ConditionSpec
+    schedule: ScheduleConfig
+    latent_shape: tuple[int, int, int, int]
+    latent_scale: float
+    affine: np.ndarray
+    voxel_volume_ml: float
+
+
+@dataclass(frozen=True)
+class TemplateMaps:
+    """The template and the maps warped with it: t1 (D, H, W) in [0, 1]; ventricle_prob (D, H, W) soft mask."""
+
+    t1: np.ndarray
+    ventricle_prob: np.ndarray
+
+
+@dataclass
+class AtlasResult:
+    """One condition's atlas. Arrays on the template grid: atlas (D, H, W); dvf (3, D, H, W) voxels, the mean
+    of ``samples`` DVFs; jacobian (D, H, W); ventricle_volume_ml from the warped soft ventricle map."""
+
+    condition: dict[str, float]
+    atlas: np.ndarray
+    dvf: np.ndarray
+    jacobian: np.ndarray
+    ventricle_volume_ml: float
+    seed: int
+    steps: int
+    sampler: str
+    samples: int
+    guidance: float
+    backend: str
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def initial_noise(seed: int, sample: int, shape: tuple[int, ...]) -> np.ndarray:
+    """z_T of sample ``sample``: float32 (C, d, h, w) standard normal from numpy's PCG64."""
+    return np.random.default_rng([seed, sample]).standard_normal(shape, dtype=np.float32)
+
+
+def step_noise(seed: int, sample: int, step: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Noise added by stochastic samplers (DDPM) at loop index ``step``: float32 (C, d, h, w)."""
+    return np.random.default_rng([seed, sample, step + 1_000_000]).standard_normal(shape, dtype=np.float32)
+
+
+def generate(engines: Engines, info: ModelInfo, template: TemplateMaps, conditions, *, steps: int = 20,
+             sampler: str = "ddim", seed: int = 0, samples: int = 1, guidance: float = 1.0,
+             progress: Callable[[int, int], None] | None = None) -> list[AtlasResult]:
+    """Generate one atlas per condition row, all conditions and samples in one batch.
+
+    Args:
+        conditions: what ``ConditionSpec.normalise`` takes, e.g. ``{"age": [60, 70]}``.
+        steps: sampler steps; sampler: ``ddim`` or ``ddpm``; seed: makes the result reproducible;
+        samples: K DVFs drawn per condition and averaged (an atlas is a population mean);
+        guidance: classifier-free guidance scale (1 = conditional only).
+        progress: called as ``progress(done, total)`` after each denoising step.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    cond = info.conditions.normalise(conditions)  # (M, K), warns outside the trained range
+    raw = info.conditions.raw_values(conditions)
+    m, k = cond.shape[0], samples
+    schedule = make_sampler(sampler, info.schedule, steps)
+    timings: dict[str, float] = {}
+
+    tic = time.perf_counter()
+    latents = np.stack([initial_noise(seed, s, info.latent_shape) for s in range(k) for _ in range(m)])
+    cond_b = np.tile(cond, (k, 1)).astype(np.float32)  # row s*m + i = condition i, sample s
+    n = latents.shape[0]
+    ones, zeros = np.ones((n, 1), np.float32), np.zeros((n, 1), np.float32)
+    total = len(schedule.timesteps)
+    for i, t in enumerate(schedule.timesteps):
+        t_b = np.full((n,), int(t), dtype=np.int64)
+        if guidance == 1.0:
+            out = engines.denoise(latents, t_b, cond_b, ones)
+        else:
+            both = engines.denoise(np.concatenate([latents, latents]), np.concatenate([t_b, t_b]),
+                                   np.concatenate([cond_b, cond_b]), np.concatenate([ones, zeros]))
+            out = guided(both[:n], both[n:], guidance)
+        noise = None
+        if schedule.needs_noise(int(t)):
+            noise = np.stack([step_noise(seed, s, i, info.latent_shape) for s in range(k) for _ in range(m)])
+        latents = schedule.step(out, int(t), latents, noise=noise).prev_sample.astype(np.float32)
+        if progress is not None:
+            progress(i + 1, total)
+    timings["denoise"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    dvfs = engines.decode_dvf((latents / info.latent_scale).astype(np.float32))
+    dvf_mean = dvfs.reshape(k, m, *dvfs.shape[1:]).mean(0).astype(np.float32)  # (M, 3, D, H, W)
+    timings["decode"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    maps = np.stack([template.t1, template.ventricle_prob])[None].astype(np.float32)
+    warped = engines.warp(np.repeat(maps, m, axis=0), dvf_mean)
+    timings["warp"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    jacobians = [jacobian_determinant(d) for d in dvf_mean]
+    timings["jacobian"] = time.perf_counter() - tic
+    per_condition = {key: value / m for key, value in timings.items()}
+
+    results = []
+    for i in range(m):
+        condition = {name: float(raw[i, j]) for j, name in enumerate(info.conditions.names)}
+        results.append(AtlasResult(
+            condition=condition, atlas=warped[i, 0], dvf=dvf_mean[i], jacobian=jacobians[i],
+            ventricle_volume_ml=float(warped[i, 1].sum() * info.voxel_volume_ml), seed=seed, steps=steps,
+            sampler=sampler, samples=k, guidance=guidance, backend=engines.name, timings_s=dict(per_condition),
+        ))
+    return results

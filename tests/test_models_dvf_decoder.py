@@ -1,0 +1,81 @@
+"""DVF decoder: identity at start, copied decoder weights, diffeomorphic head."""
+
+import pytest
+import torch
+
+from diffdef.geometry import integrate_svf
+from diffdef.models.autoencoder import autoencoder_preset, build_autoencoder
+from diffdef.models.dvf_decoder import DVFDecoder, DVFDecoderConfig
+
+
+def _ae():
+    torch.manual_seed(0)
+    return build_autoencoder(autoencoder_preset("tiny"))
+
+
+def _z():
+    return torch.randn(2, 3, 4, 3, 4, generator=torch.Generator().manual_seed(1))
+
+
+def test_fresh_head_gives_exactly_zero_dvf():
+    cfg = DVFDecoderConfig(autoencoder=autoencoder_preset("tiny"))
+    for dec in (DVFDecoder.from_config(cfg), DVFDecoder.from_autoencoder(_ae(), cfg),
+                DVFDecoder.from_config(cfg.replace(diffeomorphic=True))):
+        dvf = dec(_z())
+        assert dvf.shape == (2, 3, 32, 24, 32)
+        assert torch.equal(dvf, torch.zeros_like(dvf))
+
+
+def test_copies_the_autoencoder_decoder():
+    ae = _ae()
+    dec = DVFDecoder.from_autoencoder(ae, DVFDecoderConfig(autoencoder=autoencoder_preset("tiny")))
+    own = dec.state_dict()
+    head = f"decoder.blocks.{len(dec.decoder.blocks) - 1}."
+    ae_state = ae.state_dict()
+    n = 0
+    for k, v in own.items():
+        if k.startswith(head):
+            continue
+        src = ae_state[k.replace("post_quant_conv.", "post_quant_conv.", 1)]
+        assert torch.equal(v, src), k
+        n += 1
+    assert n > 10 and dec.head.conv.weight.shape[0] == 3
+    # a deep copy: training the DVF decoder leaves the autoencoder alone
+    with torch.no_grad():
+        next(dec.decoder.parameters()).add_(1.0)
+    assert not torch.equal(next(dec.decoder.parameters()), next(ae.decoder.parameters()))
+    # same path as AutoencoderKL.decode: give channel 0 of the head the image conv -> channel 0 == decode
+    with torch.no_grad():
+        next(dec.decoder.parameters()).sub_(1.0)
+        dec.head.conv.weight[0:1].copy_(ae.decoder.blocks[-1].conv.weight)
+        dec.head.conv.bias[0:1].copy_(ae.decoder.blocks[-1].conv.bias)
+        z = _z()
+        torch.testing.assert_close(dec(z)[:, 0:1], ae.decode(z))
+
+
+def test_mismatched_autoencoder_refused():
+    with pytest.raises(ValueError, match="does not match"):
+        DVFDecoder.from_autoencoder(_ae(), DVFDecoderConfig(autoencoder=autoencoder_preset("default")))
+
+
+def test_diffeomorphic_output_is_integrated_head():
+    cfg = DVFDecoderConfig(autoencoder=autoencoder_preset("tiny"), diffeomorphic=True, integration_steps=5)
+    dec = DVFDecoder.from_autoencoder(_ae(), cfg)
+    with torch.no_grad():
+        dec.head.conv.weight.normal_(0.0, 0.05)
+    z = _z()
+    raw = dec.raw_field(z)
+    assert float(raw.abs().max()) > 0
+    torch.testing.assert_close(dec(z), integrate_svf(raw, 5))
+    plain = DVFDecoder.from_autoencoder(_ae(), cfg.replace(diffeomorphic=False))
+    plain.load_state_dict(dec.state_dict())
+    torch.testing.assert_close(plain(z), raw)
+
+
+def test_config_round_trip():
+    cfg = DVFDecoderConfig(autoencoder=autoencoder_preset("tiny"), diffeomorphic=True)
+    assert DVFDecoderConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        DVFDecoderConfig.from_dict({**cfg.to_dict(), "head": "x"})
+    with pytest.raises(ValueError, match="unknown"):
+        DVFDecoderConfig.from_dict({**cfg.to_dict(), "autoencoder": {"channelz": [1]}})

@@ -1,0 +1,49 @@
+import json
+
+import pytest
+
+from diffdef.training.config import apply_override, config_hash, load_config, preset_config, stage_view
+
+
+def test_presets_differ_in_grid_and_budget():
+    tiny, default, paper = (preset_config(p) for p in ("tiny", "default", "paper"))
+    assert (tiny["data"]["grid"], default["data"]["grid"], paper["data"]["grid"]) == ("4mm", "2mm", "paper")
+    assert paper["ldm"]["neighbours"] == 15 and paper["ldm"]["latent_scale"] == 0.3
+    assert default["schedule"]["prediction_type"] == "v_prediction"
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_config("huge")
+
+
+def test_overrides_parse_json_and_reject_unknown_keys():
+    cfg = preset_config("tiny")
+    apply_override(cfg, "ldm.joint_steps=7")
+    apply_override(cfg, "data.conditions=[\"age\"]")
+    apply_override(cfg, "data.source=manifest")
+    assert cfg["ldm"]["joint_steps"] == 7 and cfg["data"]["conditions"] == ["age"]
+    assert cfg["data"]["source"] == "manifest"
+    with pytest.raises(ValueError, match="unknown key 'stepz'"):
+        apply_override(cfg, "ldm.stepz=3")
+    with pytest.raises(ValueError, match="section.key=value"):
+        apply_override(cfg, "ldm.steps")
+
+
+def test_config_file_merges_and_names_bad_keys(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"ae": {"steps": 11}}))
+    cfg = load_config("tiny", good, ["reg.steps=5"])
+    assert cfg["ae"]["steps"] == 11 and cfg["reg"]["steps"] == 5 and cfg["ae"]["lr"] == preset_config("tiny")["ae"]["lr"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"ae": {"stepz": 1}}))
+    with pytest.raises(ValueError, match="ae.stepz"):
+        load_config("tiny", bad, [])
+    with pytest.raises(FileNotFoundError):
+        load_config("tiny", tmp_path / "missing.json", [])
+
+
+def test_stage_hash_ignores_other_stages():
+    a = preset_config("tiny")
+    b = preset_config("tiny")
+    b["ldm"]["joint_steps"] += 1
+    assert config_hash(a, "ae") == config_hash(b, "ae")
+    assert config_hash(a, "ldm") != config_hash(b, "ldm")
+    assert "denoiser" in stage_view(a, "ldm") and "denoiser" not in stage_view(a, "ae")
