@@ -4,7 +4,7 @@ Source: the volumes that ship inside the ``nilearn`` wheel (T1, GM and WM probab
 1 mm, RAS); nothing is ever downloaded. Everything is derived at 1 mm, cropped to the paper grid
 (160x224x160 at ``PAPER_CROP_START``) and, for the coarse grids, block-averaged (``factor**3`` voxels).
 
-Derived maps (docs/../shared/DESIGN.md, "Data"):
+Derived maps (DESIGN.md, "Data"):
     * brain mask: ``T1 > 0`` with holes filled;
     * CSF: ``mask * (1 - GM - WM)`` clipped to [0, 1];
     * lateral ventricles: connected components of ``CSF > 0.5`` that lie deep inside the brain (at least
@@ -91,9 +91,9 @@ class Template:
         if not isinstance(arr, np.ndarray) or arr.ndim != 3:
             raise ValueError(f"{name!r} is not a (D, H, W) map of the template")
         if name == "labels":
-            tensor = torch.from_numpy(np.ascontiguousarray(arr))
+            tensor = torch.from_numpy(np.array(arr, dtype=np.uint8))  # a copy: the cached arrays are read-only
         else:
-            tensor = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+            tensor = torch.from_numpy(np.array(arr, dtype=np.float32))
             if dtype is not None:
                 tensor = tensor.to(dtype)
         return tensor[None, None].to(device) if device is not None else tensor[None, None]

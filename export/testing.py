@@ -2,10 +2,11 @@
 
 ``make_untrained_checkpoint`` writes exactly what ``diffdef.training.train`` writes for generation
 (``denoiser.{safetensors,json}``, ``dvf_decoder.{safetensors,json}``, ``model.json``) with randomly initialised
-modules. The DVF head of a fresh ``DVFDecoder`` is zero (identity transform), which would make any parity test
-of the decoder or the warp trivially pass; here it is re-initialised with small seeded random weights, scaled
-so that the DVF of a standard-normal latent has a standard deviation of ``dvf_std_voxels`` (about 1 voxel,
-maxima of a few voxels).
+modules. Zero-initialised layers would make parity tests trivially pass, so they are re-initialised:
+the layers MONAI's UNet zero-initialises (it outputs exactly 0 when fresh) get their default random
+initialisation, and the DVF head of the ``DVFDecoder`` (zero = identity transform) gets small seeded random
+weights, scaled so that the DVF of a standard-normal latent has a standard deviation of ``dvf_std_voxels``
+(0.75 voxel by default; maxima of several voxels).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from diffdef.generate import MODEL_FORMAT_VERSION
 from diffdef.models.autoencoder import autoencoder_preset, build_autoencoder
@@ -42,6 +44,15 @@ def _randomise_head(decoder: DVFDecoder, latent_shape: tuple[int, ...], generato
         conv.bias.mul_(dvf_std_voxels / max(std, 1e-12))
 
 
+def _randomise_zero_layers(module: nn.Module) -> None:
+    """MONAI's ``DiffusionModelUNet`` zero-initialises its output conv, the second conv of every residual block
+    and the transformers' output projections (a fresh UNet outputs exactly 0). Give those layers their default
+    random initialisation (from the global, seeded RNG) so that the denoiser output depends on every input."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv3d, nn.Linear)) and not layer.weight.detach().any():
+            layer.reset_parameters()
+
+
 def make_untrained_checkpoint(out_dir: str | Path, grid: str = "4mm", seed: int = 0, preset: str = "tiny", *,
                               diffeomorphic: bool = False, integration_steps: int = 7,
                               dvf_std_voxels: float = 0.75, latent_scale: float = 0.3,
@@ -68,6 +79,7 @@ def make_untrained_checkpoint(out_dir: str | Path, grid: str = "4mm", seed: int 
         den_cfg = denoiser_preset(preset, num_conditions=TEST_CONDITIONS.num_conditions).replace(
             latent_channels=ae_cfg.latent_channels)
         denoiser = ConditionalDenoiser(den_cfg).eval()
+        _randomise_zero_layers(denoiser)
         dec_cfg = DVFDecoderConfig(autoencoder=ae_cfg, diffeomorphic=diffeomorphic,
                                    integration_steps=integration_steps)
         decoder = DVFDecoder.from_autoencoder(build_autoencoder(ae_cfg), dec_cfg).eval()

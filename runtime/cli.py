@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-DEFAULT_BUNDLE = Path("runs/default/bundle")
+DEFAULT_BUNDLE = Path("runs/default/bundle")  # same as diffdef_runtime.api.DEFAULT_BUNDLE
 
 
 def _conditions(age: str | None, sex: str | None, ventricles: str | None) -> dict:
@@ -60,6 +60,7 @@ def main(age, sex, ventricles, bundle, checkpoint, backend, device, steps, sampl
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from tqdm.auto import tqdm
 
+    from diffdef_runtime.api import resolve_source
     from diffdef_runtime.backends import open_model
     from diffdef_runtime.conditions import ExtrapolationWarning
     from diffdef_runtime.outputs import write_result
@@ -68,21 +69,26 @@ def main(age, sex, ventricles, bundle, checkpoint, backend, device, steps, sampl
     conditions = _conditions(age, sex, ventricles)
     if not conditions:
         raise click.UsageError("give at least one condition, e.g. --age 70")
-    if checkpoint is None and bundle is None:
-        bundle = DEFAULT_BUNDLE
-        if not (bundle / "manifest.json").is_file():
-            raise click.UsageError(
-                f"no --bundle given and the default bundle {bundle} does not exist. Make one with\n"
-                "  diffdef-train all --preset default --out runs/default\n"
-                "  diffdef-export runs/default -o runs/default/bundle\n"
-                "or run a checkpoint directly: --checkpoint runs/default --backend torch")
-    for path, what in ((bundle, "bundle"), (checkpoint, "checkpoint")):
-        if path is not None and not path.exists():
-            raise click.UsageError(f"{what} not found: {path}")
+    try:
+        bundle, checkpoint = resolve_source(bundle, checkpoint)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
     try:
         model = open_model(backend, bundle=bundle, checkpoint=checkpoint, device=device)
     except (ValueError, RuntimeError, OSError) as err:
         raise click.ClickException(str(err)) from err
+
+    # Check the conditions against the model before the long part: a missing or unknown condition is an
+    # error now, and a value outside the trained range warns now (then runs).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ExtrapolationWarning)
+        try:
+            model.info.conditions.normalise(conditions)
+        except ValueError as err:
+            raise click.UsageError(str(err)) from err
+    for warning in caught:
+        click.echo(f"warning: {warning.message}", err=True)
+
     bar = tqdm(total=steps, desc=f"denoise ({model.engines.name})", dynamic_ncols=True)
 
     def progress(done, total):
@@ -90,16 +96,15 @@ def main(age, sex, ventricles, bundle, checkpoint, backend, device, steps, sampl
         bar.n = done
         bar.refresh()
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ExtrapolationWarning)
-        try:
-            results = generate(model.engines, model.info, model.template, conditions, steps=steps, sampler=sampler,
-                               seed=seed, samples=samples, guidance=guidance, progress=progress)
-        except ValueError as err:
-            raise click.ClickException(str(err)) from err
-    bar.close()
-    for warning in caught:
-        click.echo(f"warning: {warning.message}", err=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExtrapolationWarning)  # already reported above
+            results = generate(model.engines, model.info, model.template, conditions, steps=steps,
+                               sampler=sampler, seed=seed, samples=samples, guidance=guidance, progress=progress)
+    except (ValueError, RuntimeError) as err:
+        raise click.ClickException(str(err)) from err
+    finally:
+        bar.close()
     for result in results:
         folder = write_result(result, model.affine, out_dir, extra={"source": model.source})
         click.echo(f"{folder}: ventricles {result.ventricle_volume_ml:.1f} mL, "

@@ -70,6 +70,33 @@ class ModelInterface:
                 out[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         return out
 
+    def check_inputs(self, arrays) -> dict[str, int]:
+        """Check numpy inputs (in ``inputs`` order) against this interface; return the dynamic axis sizes,
+        e.g. ``{"batch": 2}``. Raises ValueError (TypeError for a non-array) naming the model and the tensor."""
+        if len(arrays) != len(self.inputs):
+            raise ValueError(f"{self.name}: expected {len(self.inputs)} inputs {[s.name for s in self.inputs]}, "
+                             f"got {len(arrays)}")
+        axes: dict[str, int] = {}
+        for spec, array in zip(self.inputs, arrays):
+            where = f"{self.name} input {spec.name!r}"
+            if not isinstance(array, np.ndarray):
+                raise TypeError(f"{where}: expected a numpy array, got {type(array).__name__}")
+            if array.dtype != np.dtype(spec.dtype):
+                raise ValueError(f"{where}: dtype {array.dtype}, expected {spec.dtype}")
+            if array.ndim != len(spec.shape):
+                raise ValueError(f"{where}: shape {array.shape}, expected {len(spec.shape)} dimensions "
+                                 f"{tuple(spec.shape)}")
+            for dim, (want, got) in enumerate(zip(spec.shape, array.shape)):
+                if isinstance(want, str):
+                    if axes.setdefault(want, got) != got:
+                        raise ValueError(f"{where}: axis {dim} ({want}) is {got}, but an earlier input has "
+                                         f"{want}={axes[want]}")
+                elif want != got:
+                    raise ValueError(f"{where}: shape {array.shape}, expected {tuple(spec.shape)}")
+        if any(v < 1 for v in axes.values()):
+            raise ValueError(f"{self.name}: empty input (sizes {axes})")
+        return axes
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "file": self.file, "inputs": [s.to_dict() for s in self.inputs],
                 "outputs": [s.to_dict() for s in self.outputs]}

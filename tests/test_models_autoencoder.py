@@ -53,3 +53,19 @@ def test_config_round_trip_and_validation():
         autoencoder_preset("huge")
     with pytest.raises(ValueError):
         cfg.latent_shape((30, 32, 32))
+
+
+def test_channels_last_gives_same_outputs(tmp_path):
+    from diffdef.models.checkpoint import load_module, save_module
+    from diffdef.models.autoencoder import to_channels_last
+
+    torch.manual_seed(0)
+    cfg = autoencoder_preset("tiny")
+    ae = build_autoencoder(cfg)
+    x = torch.randn(1, 1, 16, 16, 16)
+    ref = ae.decode(ae.encode(x)[0])
+    ae_cl = to_channels_last(ae)
+    torch.testing.assert_close(ae_cl.decode(ae_cl.encode(x)[0]), ref, atol=1e-5, rtol=1e-4)
+    save_module(tmp_path, "autoencoder", ae_cl, cfg.to_dict())
+    loaded = load_module(tmp_path, "autoencoder", lambda d: build_autoencoder(AutoencoderConfig.from_dict(d)))
+    torch.testing.assert_close(loaded.decode(loaded.encode(x)[0]), ref, atol=1e-5, rtol=1e-4)

@@ -39,9 +39,23 @@ def test_output_depends_on_condition_when_used():
     model = _model()
     x, t, c = _inputs()
     ones = torch.ones(2, 1)
-    a = model(x, t, c, ones)
-    b = model(x, t, c.flip(0), ones)
-    assert float((a - b).abs().max()) > 1e-4
+    with torch.no_grad():
+        a = model(x, t, c, ones)
+        b = model(x, t, c.flip(0), ones)
+        assert float((a - b).abs().max()) > 1e-4
+        # each path alone carries the condition: (1) cross-attention only (condition channels of conv_in zeroed)
+        model.unet.conv_in.conv.weight[:, 3:].zero_()
+        a1, b1 = model(x, t, c, ones), model(x, t, c.flip(0), ones)
+        assert float((a1 - b1).abs().max()) > 1e-4
+        # (2) neither path: context made constant too -> the condition no longer matters
+        model.condition_mlp[-1].weight.zero_()
+        torch.testing.assert_close(model(x, t, c, ones), model(x, t, c.flip(0), ones))
+    # (3) channels only
+    model = _model()
+    with torch.no_grad():
+        model.condition_mlp[-1].weight.zero_()
+        a3, b3 = model(x, t, c, ones), model(x, t, c.flip(0), ones)
+        assert float((a3 - b3).abs().max()) > 1e-4
 
 
 def test_dropped_condition_is_ignored_and_null_gets_gradient():

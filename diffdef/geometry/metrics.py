@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from monai.losses import BendingEnergyLoss
 
@@ -23,7 +25,10 @@ _BENDING = BendingEnergyLoss(normalize=False, reduction="mean")
 
 def bending_energy(dvf: torch.Tensor) -> torch.Tensor:
     """Bending energy (mean of squared second derivatives, voxel units), MONAI ``BendingEnergyLoss``: scalar."""
-    return _BENDING(dvf)
+    with warnings.catch_warnings():
+        # MONAI 1.6 indexes with lists, which torch flags as deprecated on every call; the result is right.
+        warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
+        return _BENDING(dvf)
 
 
 def dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -7,11 +7,16 @@ batch broadcasting and the label path are written once.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from monai.networks.blocks import Warp
 
-_LINEAR = Warp(mode="bilinear", padding_mode="border")  # "bilinear" is trilinear for 3-D input
-_NEAREST = Warp(mode="nearest", padding_mode="border")
+with warnings.catch_warnings():
+    # MONAI warns that it uses PyTorch's grid_sample (not its compiled extension): that is what we want.
+    warnings.filterwarnings("ignore", message=".*native grid_sample", category=UserWarning)
+    _LINEAR = Warp(mode="bilinear", padding_mode="border")  # "bilinear" is trilinear for 3-D input
+    _NEAREST = Warp(mode="nearest", padding_mode="border")
 
 
 def _broadcast(image: torch.Tensor, dvf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

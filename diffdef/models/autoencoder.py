@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 
 from diffdef.models._config import ConfigBase, check_bool_tuple, check_int_tuple
@@ -105,6 +106,14 @@ def build_autoencoder(cfg: AutoencoderConfig) -> AutoencoderKL:
         with_decoder_nonlocal_attn=cfg.latent_attention,
         use_flash_attention=cfg.use_flash_attention,
     )
+
+
+def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
+    """Store conv weights as ``channels_last_3d`` (in place; returns the module). Same outputs; on a 2-core CPU
+    the AE's fwd+bwd at 80x112x80 drops from ~2.6 s to ~1.7 s (oneDNN's 3-D conv backward is much faster in
+    that layout). Inputs may stay contiguous. ``save_module`` writes contiguous copies, so checkpoints are
+    unaffected."""
+    return module.to(memory_format=torch.channels_last_3d)
 
 
 def build_discriminator(cfg: AutoencoderConfig) -> PatchDiscriminator:

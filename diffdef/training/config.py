@@ -48,7 +48,7 @@ def _base() -> dict[str, Any]:
             "clip_sample": False,
         },
         "ae": {"steps": 300, "batch_size": 1, "lr": 2e-4, "kl_weight": 1e-8, "adv_weight": 0.01,
-               "adv_start": 200, "disc_lr": 2e-4},
+               "adv_start": 200, "disc_lr": 2e-4, "patch_size": None},
         "reg": {"steps": 300, "batch_size": 1, "lr": 1e-3, "similarity": "mse", "smooth_weight": 1.0,
                 "template_fixed_prob": 0.3},
         "ldm": {
@@ -80,7 +80,13 @@ def preset_config(name: str) -> dict[str, Any]:
     cfg = _base()
     cfg["preset"] = name
     cfg["models"] = _models(name)
-    if name == "tiny":
+    if name == "default":
+        # Budget: `diffdef-train all` in <= 30 min on a 2-core CPU (measured; see README "Measured").
+        cfg["ae"].update(steps=200, batch_size=2, patch_size=[48, 48, 48], adv_start=150)
+        cfg["reg"].update(steps=200)
+        cfg["ldm"].update(unet_steps=1200, joint_steps=100, batch_size=16, sample_steps=10, neighbours=3, lr=5e-4,
+                          dvf_lr=1e-3)
+    elif name == "tiny":
         cfg["data"].update(grid="4mm", n_subjects=12, conditions=["age", "sex"])
         cfg["ae"].update(steps=6, batch_size=2, adv_start=3)
         cfg["reg"].update(steps=6, batch_size=2)

@@ -80,7 +80,7 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
     schedule = ScheduleConfig.from_dict(cfg["schedule"])
     sampler = DDIMSampler(schedule)
     sampler.set_timesteps(int(stage["sample_steps"]))
-    template = torch.from_numpy(load_template(data.grid).t1)[None, None].float().to(device)
+    template = load_template(data.grid).torch("t1").to(device)
     conditions = data.conditions.to(device)
     accumulation = int(cfg["run"]["grad_accumulation"])
     batch = int(stage["batch_size"])
@@ -125,13 +125,13 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
                 with no_sync([decoder_ddp], skip=not last):
                     morph, bend, dvf = morphology_loss(generator)
                     ((stage["alpha"] * morph + stage["beta"] * bend) / accumulation).backward()
-                totals["morph"] = totals.get("morph", 0.0) + float(morph) / accumulation
-                totals["bend"] = totals.get("bend", 0.0) + float(bend) / accumulation
+                totals["morph"] = totals.get("morph", 0.0) + float(morph.detach()) / accumulation
+                totals["bend"] = totals.get("bend", 0.0) + float(bend.detach()) / accumulation
                 totals["|dvf|"] = float(dvf.detach().abs().max())
             with no_sync([unet_ddp], skip=not last):
                 loss = diffusion_loss(generator)
                 (loss / accumulation).backward()
-            totals["diff"] += float(loss) / accumulation
+            totals["diff"] += float(loss.detach()) / accumulation
         opt_unet.step()
         if joint:
             opt_dvf.step()

@@ -37,7 +37,7 @@ def build_reg_stage(cfg: dict[str, Any], data: TrainingData, ctx: DistContext) -
     optimizer = torch.optim.Adam(net.parameters(), lr=stage["lr"])
     similarity = similarity_loss(stage["similarity"])
     smooth = DiffusionLoss()
-    template = torch.from_numpy(load_template(data.grid).t1)[None, None].float()
+    template = load_template(data.grid).torch("t1")
     accumulation = int(cfg["run"]["grad_accumulation"])
     batch = int(stage["batch_size"])
 
@@ -55,8 +55,8 @@ def build_reg_stage(cfg: dict[str, Any], data: TrainingData, ctx: DistContext) -
                 sim = similarity(warp_image(moving, dvf), fixed)
                 reg = smooth(dvf)
                 ((sim + stage["smooth_weight"] * reg) / accumulation).backward()
-            totals["similarity"] += float(sim) / accumulation
-            totals["smooth"] += float(reg) / accumulation
+            totals["similarity"] += float(sim.detach()) / accumulation
+            totals["smooth"] += float(reg.detach()) / accumulation
         optimizer.step()
         return totals
 
