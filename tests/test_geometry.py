@@ -158,3 +158,14 @@ def test_bending_energy_of_quadratic_field():
     # MONAI averages (d2u)^2 over the 3 channels (only one nonzero term); accept its exact normalisation.
     assert 0 < be <= 0.02**2
     assert be == pytest.approx(0.02**2 / 3, rel=0.05)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_geometry_on_gpu_matches_cpu():
+    v = _smooth_field((24, 24, 24), amplitude=1.0, seed=5).float()
+    image = torch.rand(2, 1, 24, 24, 24, generator=torch.Generator().manual_seed(6))
+    cpu = (warp_image(image, integrate_svf(v)), jacobian_determinant(integrate_svf(v)))
+    gpu = (warp_image(image.cuda(), integrate_svf(v.cuda())), jacobian_determinant(integrate_svf(v.cuda())))
+    for a, b in zip(cpu, gpu):
+        torch.testing.assert_close(a, b.cpu(), rtol=1e-4, atol=1e-4)

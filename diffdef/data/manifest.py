@@ -38,7 +38,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from diffdef_runtime import atomic
 from diffdef_runtime.grid import Grid, get_grid
 
 __all__ = [
@@ -305,22 +305,12 @@ def write_manifest(
     csv_path = Path(csv_path).expanduser().absolute()
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     delimiter = "\t" if csv_path.suffix.lower() == ".tsv" else ","
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{csv_path.name}.", suffix=".tmp", dir=csv_path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+    with atomic.atomic_path(csv_path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, delimiter=delimiter)
             writer.writerow(columns)
             for row in rows:
                 writer.writerow([_format_cell(row.get(column)) for column in columns])
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, csv_path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
     return csv_path
 
 

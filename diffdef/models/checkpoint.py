@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,37 +19,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from diffdef_runtime import atomic
+
 FORMAT_VERSION = 1
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, of another format version, or does not match the module."""
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # persist the rename itself (best effort: not every platform can open a directory)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def _check_name(name: str) -> None:
@@ -93,8 +68,8 @@ def save_module(
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
     }
     text = json.dumps(meta, sort_keys=True, indent=2, allow_nan=False) + "\n"  # fails before writing anything
-    _atomic_write(weights_path(directory, name), blob)
-    _atomic_write(meta_path(directory, name), text.encode("utf-8"))
+    atomic.write_bytes(weights_path(directory, name), blob)
+    atomic.write_bytes(meta_path(directory, name), text.encode("utf-8"))
 
 
 def load_meta(directory: str | os.PathLike, name: str) -> dict[str, Any]:

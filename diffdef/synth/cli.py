@@ -14,7 +14,6 @@ Every file carries the grid's affine and is written atomically (temporary file i
 from __future__ import annotations
 
 import os
-import tempfile
 
 import click
 
@@ -39,21 +38,16 @@ def save_nifti(array, affine, path: str) -> None:
     import nibabel as nib
     import numpy as np
 
+    from diffdef_runtime import atomic
+
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
     img.header.set_xyzt_units("mm")
     img.set_qform(img.affine, code=1)  # aligned to MNI152 via the template, "scanner" code is the safe one
     img.set_sform(img.affine, code=1)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nii.gz", dir=folder)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic.atomic_path(path, suffix=".nii.gz") as tmp:
+        nib.save(img, str(tmp))
 
 
 def _age_tag(age: float) -> str:

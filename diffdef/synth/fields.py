@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
+from diffdef_runtime import atomic
 from diffdef_runtime.grid import Grid
 
 log = logging.getLogger(__name__)
@@ -98,10 +98,8 @@ def cache_save(name: str, arrays: dict[str, np.ndarray]) -> None:
     if folder is None:
         return
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, os.path.join(folder, name))
+        with atomic.atomic_path(os.path.join(folder, name)) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
     except OSError as exc:
         log.warning("could not write cache %s: %s", name, exc)

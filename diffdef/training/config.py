@@ -49,7 +49,8 @@ def _base() -> dict[str, Any]:
         },
         "ae": {"steps": 300, "batch_size": 1, "lr": 2e-4, "kl_weight": 1e-8, "adv_weight": 0.01,
                "adv_start": 200, "disc_lr": 2e-4, "patch_size": None},
-        "reg": {"steps": 300, "batch_size": 1, "lr": 1e-3, "similarity": "mse", "smooth_weight": 1.0,
+        # VoxelMorph's regularisation weights: 0.01 with MSE on [0, 1] images, 1.0 with (L)NCC.
+        "reg": {"steps": 300, "batch_size": 1, "lr": 1e-3, "similarity": "mse", "smooth_weight": 0.01,
                 "template_fixed_prob": 0.3},
         "ldm": {
             "unet_steps": 2000,  # L_diff only, before the DVF decoder starts
@@ -82,10 +83,11 @@ def preset_config(name: str) -> dict[str, Any]:
     cfg["models"] = _models(name)
     if name == "default":
         # Budget: `diffdef-train all` in <= 30 min on a 2-core CPU (measured; see README "Measured").
+        cfg["data"].update(n_subjects=120)
         cfg["ae"].update(steps=200, batch_size=2, patch_size=[48, 48, 48], adv_start=150)
-        cfg["reg"].update(steps=200)
-        cfg["ldm"].update(unet_steps=1200, joint_steps=100, batch_size=16, sample_steps=10, neighbours=3, lr=5e-4,
-                          dvf_lr=1e-3)
+        cfg["reg"].update(steps=250)
+        cfg["ldm"].update(unet_steps=600, joint_steps=90, batch_size=16, sample_steps=10, neighbours=3, lr=5e-4,
+                          dvf_lr=3e-4)
     elif name == "tiny":
         cfg["data"].update(grid="4mm", n_subjects=12, conditions=["age", "sex"])
         cfg["ae"].update(steps=6, batch_size=2, adv_start=3)
@@ -95,7 +97,7 @@ def preset_config(name: str) -> dict[str, Any]:
     elif name == "paper":
         cfg["data"].update(grid="paper", n_subjects=2000)
         cfg["ae"].update(steps=100_000, batch_size=2, lr=1e-4, adv_start=10_000)
-        cfg["reg"].update(steps=50_000, batch_size=2, similarity="lncc")
+        cfg["reg"].update(steps=50_000, batch_size=2, similarity="lncc", smooth_weight=1.0)
         cfg["ldm"].update(unet_steps=50_000, joint_steps=50_000, batch_size=8, neighbours=15, lr=2.5e-5,
                           dvf_lr=1e-5, latent_scale=0.3)
         cfg["run"].update(mixed_precision=True, checkpoint_every=1000)

@@ -23,7 +23,7 @@ from diffdef.models.registration import RegistrationConfig, RegistrationNet
 from diffdef.training.config import config_hash
 from diffdef.training.data import TrainingData, load_training_data
 from diffdef.training.distributed import DistContext, barrier, init_distributed, shutdown
-from diffdef.training.loop import run_stage
+from diffdef.training.loop import run_stage, step_seed
 from diffdef.training.state import state_path
 from diffdef_runtime import atomic
 
@@ -63,6 +63,8 @@ def _run_one(stage: str, cfg: dict[str, Any], data: TrainingData, out_dir: Path,
     from diffdef.training.stage_reg import build_reg_stage
 
     run_cfg = cfg["run"]
+    # Initial weights come from the seed too (DDP then broadcasts rank 0's copy to every rank).
+    torch.manual_seed(step_seed(cfg["seed"], f"{stage}/init", 0, 0))
     if stage == "ae":
         run, ae = build_ae_stage(cfg, data, ctx)
         run_stage(run, out_dir, cfg["seed"], config_hash(cfg, "ae"), run_cfg["checkpoint_every"], ctx)
