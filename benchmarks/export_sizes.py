@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     from diffdef_export.testing import make_untrained_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="export_sizes-", dir=args.workdir))
-    header = (f"| model@grid | precision | component | export s | size MB | max rel err | bundle total s | "
-              f"bundle MB | peak RSS GB |")
+    header = ("| model@grid | precision | component | export s | size MB | max rel err | bundle total s | "
+              "bundle MB | peak RSS GB |")
     print(header)
     print("|---" * (header.count("|") - 1) + "|", flush=True)
     try:

@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from scipy.integrate import quad
@@ -14,13 +13,7 @@ from diffdef.synth.ageing import AgeingModel, ventricle_growth_rate, ventricle_l
 AGES = (20, 30, 50, 70, 85, 90)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small 4 mm tensors: one thread is as fast, and far faster when other jobs share the CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

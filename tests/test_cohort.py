@@ -9,13 +9,7 @@ import torch
 from diffdef.synth.cohort import SyntheticCohort, SyntheticCohortDataset, sex_log_offset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small 4 mm tensors: one thread is as fast, and far faster when other jobs share the CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

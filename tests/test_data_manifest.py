@@ -12,7 +12,6 @@ import torch
 
 from diffdef.data import (
     ManifestDataset,
-    ManifestError,
     ManifestTable,
     ManifestWarning,
     load_grid_image,

@@ -21,6 +21,7 @@ from diffdef_export.onnx_export import load_checkpoint, resolve_output_grid
 from diffdef_runtime.bundle import TEMPLATE_FILES, Bundle, BundleError, sha256_file
 from diffdef_runtime.grid import get_grid
 from diffdef_runtime.interfaces import FORMAT_VERSION, all_interfaces
+from file_helpers import flip_middle_byte
 
 FRESH_SEED = 777  # not the tracing seed, not the seed of the export's own verification
 
@@ -130,9 +131,7 @@ def _copy(src, dst):
 def test_corrupted_file_is_refused_naming_it(tiny_bundle, tmp_path):
     copy = _copy(tiny_bundle, tmp_path / "b")
     path = copy / "dvf_decoder.onnx"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+    flip_middle_byte(path)
     with pytest.raises(BundleError, match="dvf_decoder.onnx"):
         Bundle.open(copy)
 

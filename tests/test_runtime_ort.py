@@ -26,6 +26,7 @@ from diffdef_runtime.bundle import Bundle, BundleError
 from diffdef_runtime.cli import main as cli
 from diffdef_runtime.conditions import ExtrapolationWarning
 from diffdef_runtime.pipeline import generate
+from file_helpers import flip_middle_byte
 
 CONDITIONS = {"age": [40, 70], "sex": "F"}
 FP32_DVF_ATOL = 1e-3  # voxels
@@ -146,9 +147,7 @@ def test_checksum_mismatch_refuses(tiny_bundle, tmp_path):
     shutil.copytree(tiny_bundle, copy)
     Bundle.open(copy)  # an intact copy opens
     onnx_file = copy / "unet.onnx"
-    data = bytearray(onnx_file.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    onnx_file.write_bytes(bytes(data))
+    flip_middle_byte(onnx_file, 0x01)
     with pytest.raises(BundleError, match="unet.onnx"):
         Bundle.open(copy)
     result = CliRunner().invoke(cli, ["--bundle", str(copy), "--age", "70", "--sex", "F", "--out",

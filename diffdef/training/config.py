@@ -126,7 +126,7 @@ def _merge(base: dict, update: dict, origin: str, prefix: str = "") -> None:
         dotted = f"{prefix}{key}"
         if key not in base:
             raise ValueError(f"{origin}: unknown configuration key {dotted!r}")
-        if isinstance(base[key], dict) and key != "models" or isinstance(base[key], dict) and isinstance(value, dict):
+        if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ValueError(f"{origin}: {dotted!r} must be an object")
             _merge(base[key], value, origin, dotted + ".")

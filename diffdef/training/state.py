@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from diffdef_runtime.atomic import atomic_path
 
@@ -60,11 +60,9 @@ def load_state(path: Path, config_hash: str, modules: dict[str, torch.nn.Module]
                optimizers: dict[str, torch.optim.Optimizer]) -> LoadedState:
     """Load a state written by ``save_state`` into the given modules and optimisers (strict)."""
     try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="pt") as handle:  # one read: tensors and metadata
             metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         step = int(metadata["step"])
         saved_hash = metadata["config_hash"]
         optim_meta = json.loads(metadata["optimizers"])

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from diffdef.generate import MODEL_FORMAT_VERSION
 from diffdef.models.autoencoder import AutoencoderConfig, build_autoencoder
 from diffdef.models.checkpoint import load_module, save_module
 from diffdef.models.registration import RegistrationConfig, RegistrationNet
@@ -30,7 +31,6 @@ from diffdef_runtime import atomic
 log = logging.getLogger(__name__)
 
 STAGES = ("ae", "reg", "ldm")
-MODEL_FORMAT_VERSION = 1
 
 
 def _progress(out_dir: Path) -> list[str]:
