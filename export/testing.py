@@ -56,7 +56,7 @@ def _randomise_zero_layers(module: nn.Module) -> None:
 def make_untrained_checkpoint(out_dir: str | Path, grid: str = "4mm", seed: int = 0, preset: str = "tiny", *,
                               diffeomorphic: bool = False, integration_steps: int = 7,
                               dvf_std_voxels: float = 0.75, latent_scale: float = 0.3,
-                              sample_steps: int = 3) -> Path:
+                              sample_steps: int = 3, centred: bool = True) -> Path:
     """Write a randomly initialised checkpoint folder in the layout of ``diffdef-train``.
 
     Args:
@@ -66,6 +66,8 @@ def make_untrained_checkpoint(out_dir: str | Path, grid: str = "4mm", seed: int 
         preset: model preset for the denoiser and the autoencoder: ``tiny``, ``default`` or ``paper``.
         diffeomorphic: the decoder head is a velocity integrated with ``integration_steps`` squarings.
         dvf_std_voxels: standard deviation of the (raw) head output for a standard-normal latent, voxels.
+        centred: the decoder holds a (seeded random) population-mean latent, as ``diffdef-train`` writes by
+            default (``ldm.latent_centre``), so exports and runtimes are checked with it.
     Returns:
         ``out_dir`` as a Path.
     """
@@ -81,8 +83,11 @@ def make_untrained_checkpoint(out_dir: str | Path, grid: str = "4mm", seed: int 
         denoiser = ConditionalDenoiser(den_cfg).eval()
         _randomise_zero_layers(denoiser)
         dec_cfg = DVFDecoderConfig(autoencoder=ae_cfg, diffeomorphic=diffeomorphic,
-                                   integration_steps=integration_steps)
+                                   integration_steps=integration_steps,
+                                   latent_shape=tuple(g.latent_shape) if centred else None)
         decoder = DVFDecoder.from_autoencoder(build_autoencoder(ae_cfg), dec_cfg).eval()
+        if centred:
+            decoder.set_latent_mean(torch.randn((1, ae_cfg.latent_channels, *g.latent_shape), generator=generator))
     _randomise_head(decoder, (ae_cfg.latent_channels, *g.latent_shape), generator, dvf_std_voxels)
 
     save_module(out_dir, "denoiser", denoiser, den_cfg.to_dict())

@@ -78,3 +78,30 @@ def test_config_round_trip():
         DVFDecoderConfig.from_dict({**cfg.to_dict(), "head": "x"})
     with pytest.raises(ValueError, match="unknown"):
         DVFDecoderConfig.from_dict({**cfg.to_dict(), "autoencoder": {"channelz": [1]}})
+
+
+def test_centred_decoder_adds_the_population_mean_latent(tmp_path):
+    from diffdef.models.checkpoint import load_module, save_module
+
+    ae = _ae()
+    cfg = DVFDecoderConfig(autoencoder=autoencoder_preset("tiny"))
+    plain = DVFDecoder.from_autoencoder(ae, cfg)
+    centred = DVFDecoder.from_autoencoder(ae, cfg.replace(latent_shape=(4, 3, 4)))
+    with torch.no_grad():
+        plain.head.conv.weight.normal_(0.0, 0.05)
+        centred.head.conv.weight.copy_(plain.head.conv.weight)
+    mean = torch.randn(1, 3, 4, 3, 4, generator=torch.Generator().manual_seed(2))
+    centred.set_latent_mean(mean)
+    z = _z()
+    torch.testing.assert_close(centred(z), plain(z + mean))
+    assert not torch.allclose(centred(z), plain(z))
+    with pytest.raises(ValueError, match="shape"):
+        centred.set_latent_mean(torch.zeros(1, 3, 4, 4, 4))
+    with pytest.raises(ValueError, match="without latent centring"):
+        plain.set_latent_mean(mean)
+    # the mean travels with the checkpoint (a buffer), and its config says so
+    save_module(tmp_path, "dvf_decoder", centred, centred.config.to_dict())
+    loaded = load_module(tmp_path, "dvf_decoder", lambda c: DVFDecoder.from_config(DVFDecoderConfig.from_dict(c)))
+    assert loaded.config.latent_shape == (4, 3, 4)
+    torch.testing.assert_close(loaded.latent_mean, mean)
+    torch.testing.assert_close(loaded(z), centred(z))

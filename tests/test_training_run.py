@@ -46,6 +46,11 @@ def test_all_stages_write_strict_checkpoints(tiny_run):
     # The trained DVF head moved away from its zero initialisation through L_morph + bending.
     head = [v for k, v in load_file(str(tiny_run / "dvf_decoder.safetensors")).items() if "weight" in k][-1]
     assert float(head.abs().max()) > 0
+    # Latent centring is on by default: the decoder keeps the population-mean latent of the 4 mm grid (5x7x5).
+    decoder = json.loads((tiny_run / "dvf_decoder.json").read_text())["config"]
+    assert decoder["latent_shape"] == [5, 7, 5]
+    mean = load_file(str(tiny_run / "dvf_decoder.safetensors"))["latent_mean"]
+    assert mean.shape == (1, 3, 5, 7, 5) and float(mean.abs().mean()) > 0
 
 
 def test_completed_stage_is_skipped(tiny_run):

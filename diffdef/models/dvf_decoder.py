@@ -4,6 +4,12 @@
 -> 1 image channel) is replaced by a features -> 3 conv initialised to zero weights and bias, so an untrained
 DVF decoder outputs the identity transform (u = 0) whatever the latent. ``diffeomorphic=True`` makes the head a
 stationary velocity field integrated by scaling and squaring (``integrate_svf``).
+
+Latent centring (``latent_shape`` set): the diffusion model is trained on *centred* latents
+``(z - mean) * scale``, where ``mean`` is the population-mean latent of the training images (C, d, h, w). Without
+it the shared template dominates every latent and the between-subject (age) signal is a few percent of it, which
+the diffusion model learns poorly. The decoder holds ``mean`` as the buffer ``latent_mean`` and adds it back, so
+``dvf = decoder(z_centred / scale)``: the runtime and the exported ONNX graph stay unchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from monai.networks.nets import AutoencoderKL
 from torch import nn
 
 from diffdef.geometry import integrate_svf
-from diffdef.models._config import ConfigBase
+from diffdef.models._config import ConfigBase, check_int_tuple
 from diffdef.models.autoencoder import AutoencoderConfig, build_autoencoder
 
 
@@ -25,8 +31,13 @@ class DVFDecoderConfig(ConfigBase):
     autoencoder: AutoencoderConfig = dataclasses.field(default_factory=AutoencoderConfig)
     diffeomorphic: bool = False
     integration_steps: int = 7
+    latent_shape: tuple[int, int, int] | None = None  # (d, h, w) of the centred latent; None = no centring
 
     def __post_init__(self) -> None:
+        if isinstance(self.latent_shape, list):
+            object.__setattr__(self, "latent_shape", tuple(self.latent_shape))
+        if self.latent_shape is not None:
+            check_int_tuple("latent_shape", self.latent_shape, 3)
         if isinstance(self.autoencoder, dict):
             object.__setattr__(self, "autoencoder", AutoencoderConfig.from_dict(self.autoencoder))
         if not isinstance(self.autoencoder, AutoencoderConfig):
@@ -38,7 +49,11 @@ class DVFDecoderConfig(ConfigBase):
 
 
 class DVFDecoder(nn.Module):
-    """``forward(z) -> dvf`` (N, 3, 8d, 8h, 8w), voxels of the image grid, from a latent (N, C, d, h, w)."""
+    """``forward(z) -> dvf`` (N, 3, 8d, 8h, 8w), voxels of the image grid, from a latent (N, C, d, h, w).
+
+    With ``config.latent_shape`` set, ``z`` is a centred latent (the buffer ``latent_mean``, (1, C, d, h, w), is
+    added before decoding; see the module docstring).
+    """
 
     def __init__(self, cfg: DVFDecoderConfig, post_quant_conv: nn.Module, decoder: nn.Module) -> None:
         super().__init__()
@@ -52,6 +67,19 @@ class DVFDecoder(nn.Module):
         nn.init.zeros_(head.conv.weight)
         nn.init.zeros_(head.conv.bias)
         decoder.blocks[-1] = head
+        if cfg.latent_shape is not None:
+            self.register_buffer("latent_mean", torch.zeros(1, cfg.autoencoder.latent_channels, *cfg.latent_shape))
+        else:
+            self.latent_mean = None
+
+    def set_latent_mean(self, mean: torch.Tensor) -> None:
+        """Store the population-mean latent (1, C, d, h, w) that centred latents are relative to."""
+        if self.latent_mean is None:
+            raise ValueError("this DVF decoder was configured without latent centring (latent_shape=None)")
+        if tuple(mean.shape) != tuple(self.latent_mean.shape):
+            raise ValueError(f"latent mean must have shape {tuple(self.latent_mean.shape)}, got {tuple(mean.shape)}")
+        with torch.no_grad():
+            self.latent_mean.copy_(mean)
 
     @property
     def head(self) -> nn.Module:
@@ -75,7 +103,7 @@ class DVFDecoder(nn.Module):
         src.update({f"decoder.{k}": v for k, v in ae.decoder.state_dict().items()})
         head_prefix = f"decoder.blocks.{len(module.decoder.blocks) - 1}."
         own = module.state_dict()
-        expected = {k for k in own if not k.startswith(head_prefix)}
+        expected = {k for k in own if not k.startswith(head_prefix) and k != "latent_mean"}
         given = {k for k in src if not k.startswith(head_prefix)}
         mismatched = sorted(k for k in expected & given if own[k].shape != src[k].shape)
         if expected != given or mismatched:
@@ -91,6 +119,8 @@ class DVFDecoder(nn.Module):
 
     def raw_field(self, z: torch.Tensor) -> torch.Tensor:
         """Head output: displacement, or velocity when ``diffeomorphic`` (N, 3, D, H, W), voxels."""
+        if self.latent_mean is not None:
+            z = z + self.latent_mean
         return self.decoder(self.post_quant_conv(z))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -67,7 +67,9 @@ def _base() -> dict[str, Any]:
             "morph_grad_to_unet": False,
             "diffeomorphic": False,
             "integration_steps": 7,
-            "latent_scale": None,  # None: 1 / std of the training latents
+            "latent_scale": None,  # None: 1 / std of the training latents (after centring)
+            "latent_centre": True,  # subtract the population-mean latent (an improvement over the paper's code)
+            "lr_schedule": "cosine",  # "constant" or "cosine" (to 0.1 x lr; UNet over the stage, DVF over its phase)
         },
         "run": {"device": "auto", "mixed_precision": False, "compile": False, "checkpoint_every": 50,
                 "grad_accumulation": 1, "num_threads": 0},
@@ -99,7 +101,7 @@ def preset_config(name: str) -> dict[str, Any]:
         cfg["ae"].update(steps=100_000, batch_size=2, lr=1e-4, adv_start=10_000)
         cfg["reg"].update(steps=50_000, batch_size=2, similarity="lncc", smooth_weight=1.0)
         cfg["ldm"].update(unet_steps=50_000, joint_steps=50_000, batch_size=8, neighbours=15, lr=2.5e-5,
-                          dvf_lr=1e-5, latent_scale=0.3)
+                          dvf_lr=1e-5, latent_scale=0.3, latent_centre=False, lr_schedule="constant")
         cfg["run"].update(mixed_precision=True, checkpoint_every=1000)
     return cfg
 

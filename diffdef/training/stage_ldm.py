@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import Any
 
 import torch
@@ -46,10 +47,43 @@ def denoiser_config(cfg: dict[str, Any], n_conditions: int) -> DenoiserConfig:
     return base.replace(num_conditions=n_conditions, latent_channels=latent_channels)
 
 
-def dvf_decoder_config(cfg: dict[str, Any]) -> DVFDecoderConfig:
+def dvf_decoder_config(cfg: dict[str, Any], latent_shape: tuple[int, int, int] | None = None) -> DVFDecoderConfig:
+    """The DVF decoder of a training config; ``latent_shape`` (d, h, w) when ``ldm.latent_centre`` is on."""
+    centre = bool(cfg["ldm"]["latent_centre"])
+    if centre and latent_shape is None:
+        raise ValueError("ldm.latent_centre needs the latent shape")
     return DVFDecoderConfig(autoencoder=AutoencoderConfig.from_dict(cfg["models"]["autoencoder"]),
                             diffeomorphic=bool(cfg["ldm"]["diffeomorphic"]),
-                            integration_steps=int(cfg["ldm"]["integration_steps"]))
+                            integration_steps=int(cfg["ldm"]["integration_steps"]),
+                            latent_shape=tuple(latent_shape) if centre else None)
+
+
+def normalise_latents(latents: torch.Tensor, centre: bool, scale: float | None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """The diffusion model's training latents from the autoencoder's.
+
+    Args:
+        latents: (M, C, d, h, w) posterior means of the training images.
+        centre: subtract the population-mean latent (per voxel and channel) first.
+        scale: multiply by this; None = 1 / std of the (centred) latents, so they have unit variance.
+    Returns:
+        ``(latents_for_diffusion, mean (1, C, d, h, w) or None, scale)``.
+    """
+    mean = latents.mean(0, keepdim=True) if centre else None
+    centred = latents - mean if centre else latents
+    scale = float(scale or 1.0 / centred.std().item())
+    return centred * scale, mean, scale
+
+
+def decayed_lr(base: float, step: int, start: int, end: int, schedule: str, floor: float = 0.1) -> float:
+    """Learning rate at ``step`` of a phase ``[start, end)``: constant, or cosine from ``base`` to
+    ``floor * base`` (stateless, so a resumed run gets exactly the rate of an uninterrupted one)."""
+    if schedule == "constant" or end <= start + 1:
+        return base
+    if schedule != "cosine":
+        raise ValueError(f"ldm.lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
+    progress = min(max((step - start) / (end - start - 1), 0.0), 1.0)
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _autocast(ctx: DistContext, enabled: bool):
@@ -63,13 +97,15 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
     """Returns the stage, the (unwrapped) denoiser and DVF decoder it trains, and the latent scale."""
     stage = cfg["ldm"]
     device = ctx.device
-    latents = encode_latents(ae, data.images, device)
-    latent_scale = float(stage["latent_scale"] or 1.0 / latents.std().item())
-    latents = latents * latent_scale
-    log.info("latents %s, scale %.4f", tuple(latents.shape[1:]), latent_scale)
+    latents, latent_mean, latent_scale = normalise_latents(encode_latents(ae, data.images, device),
+                                                           bool(stage["latent_centre"]), stage["latent_scale"])
+    log.info("latents %s, centred %s, scale %.4f", tuple(latents.shape[1:]), latent_mean is not None, latent_scale)
 
     denoiser = ConditionalDenoiser(denoiser_config(cfg, data.conditions.shape[1])).to(device)
-    decoder = DVFDecoder.from_autoencoder(ae, dvf_decoder_config(cfg)).to(device)
+    decoder = DVFDecoder.from_autoencoder(ae, dvf_decoder_config(cfg, tuple(latents.shape[2:])))
+    if latent_mean is not None:
+        decoder.set_latent_mean(latent_mean)
+    decoder = decoder.to(device)
     reg = reg.to(device).eval().requires_grad_(False)
     unet_ddp, decoder_ddp = wrap(denoiser, ctx), wrap(decoder, ctx)
     if cfg["run"]["compile"]:
@@ -114,8 +150,14 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         morph = residual.pow(2).sum(1).mean()  # mean squared displacement, voxels^2
         return morph, bending_energy(dvf), dvf
 
+    unet_steps, total = int(stage["unet_steps"]), int(stage["unet_steps"]) + int(stage["joint_steps"])
+
     def step_fn(step: int, generator: torch.Generator) -> dict[str, float]:
-        joint = step >= stage["unet_steps"]
+        joint = step >= unet_steps
+        for group in opt_unet.param_groups:
+            group["lr"] = decayed_lr(stage["lr"], step, 0, total, stage["lr_schedule"])
+        for group in opt_dvf.param_groups:
+            group["lr"] = decayed_lr(stage["dvf_lr"], step, unet_steps, total, stage["lr_schedule"])
         opt_unet.zero_grad(set_to_none=True)
         opt_dvf.zero_grad(set_to_none=True)
         totals = {"diff": 0.0}
@@ -137,7 +179,6 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
             opt_dvf.step()
         return totals
 
-    total = int(stage["unet_steps"]) + int(stage["joint_steps"])
     run = StageRun("ldm", total, {"denoiser": denoiser, "dvf_decoder": decoder},
                    {"denoiser": opt_unet, "dvf_decoder": opt_dvf}, step_fn)
     return run, denoiser, decoder, latent_scale

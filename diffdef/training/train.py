@@ -77,13 +77,13 @@ def _run_one(stage: str, cfg: dict[str, Any], data: TrainingData, out_dir: Path,
             save_module(out_dir, "registration", reg, cfg["models"]["registration"])
     elif stage == "ldm":
         ae, reg = _load_ae(out_dir, cfg).to(ctx.device), _load_reg(out_dir, cfg).to(ctx.device)
-        from diffdef.training.stage_ldm import denoiser_config, dvf_decoder_config
+        from diffdef.training.stage_ldm import denoiser_config
 
         run, denoiser, decoder, latent_scale = build_ldm_stage(cfg, data, ae, reg, ctx)
         run_stage(run, out_dir, cfg["seed"], config_hash(cfg, "ldm"), run_cfg["checkpoint_every"], ctx)
         if ctx.is_main:
             save_module(out_dir, "denoiser", denoiser, denoiser_config(cfg, len(data.spec.names)).to_dict())
-            save_module(out_dir, "dvf_decoder", decoder, dvf_decoder_config(cfg).to_dict())
+            save_module(out_dir, "dvf_decoder", decoder, decoder.config.to_dict())
             atomic.write_json(out_dir / "model.json", {
                 "format_version": MODEL_FORMAT_VERSION,
                 "grid": data.grid.name,
