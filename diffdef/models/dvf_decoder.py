@@ -34,8 +34,7 @@ class DVFDecoderConfig(ConfigBase):
     latent_shape: tuple[int, int, int] | None = None  # (d, h, w) of the centred latent; None = no centring
 
     def __post_init__(self) -> None:
-        if isinstance(self.latent_shape, list):
-            object.__setattr__(self, "latent_shape", tuple(self.latent_shape))
+        self._freeze()
         if self.latent_shape is not None:
             check_int_tuple("latent_shape", self.latent_shape, 3)
         if isinstance(self.autoencoder, dict):

@@ -40,8 +40,6 @@ def save_nifti(array, affine, path: str) -> None:
 
     from diffdef_runtime import atomic
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
     img.header.set_xyzt_units("mm")
     img.set_qform(img.affine, code=1)  # aligned to MNI152 via the template, "scanner" code is the safe one

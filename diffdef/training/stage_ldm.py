@@ -78,10 +78,10 @@ def normalise_latents(latents: torch.Tensor, centre: bool, scale: float | None
 def decayed_lr(base: float, step: int, start: int, end: int, schedule: str, floor: float = 0.1) -> float:
     """Learning rate at ``step`` of a phase ``[start, end)``: constant, or cosine from ``base`` to
     ``floor * base`` (stateless, so a resumed run gets exactly the rate of an uninterrupted one)."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"ldm.lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
     if schedule == "constant" or end <= start + 1:
         return base
-    if schedule != "cosine":
-        raise ValueError(f"ldm.lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
     progress = min(max((step - start) / (end - start - 1), 0.0), 1.0)
     return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -150,7 +150,8 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         morph = residual.pow(2).sum(1).mean()  # mean squared displacement, voxels^2
         return morph, bending_energy(dvf), dvf
 
-    unet_steps, total = int(stage["unet_steps"]), int(stage["unet_steps"]) + int(stage["joint_steps"])
+    unet_steps = int(stage["unet_steps"])
+    total = unet_steps + int(stage["joint_steps"])
 
     def step_fn(step: int, generator: torch.Generator) -> dict[str, float]:
         joint = step >= unet_steps
