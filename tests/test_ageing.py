@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.integrate import quad
 
-from diffdef.geometry import jacobian_determinant
+from diffdef.geometry import compose, jacobian_determinant
 from diffdef.synth import ageing
 from diffdef.synth.ageing import AgeingModel, ventricle_growth_rate, ventricle_log_ratio
 
@@ -83,6 +83,17 @@ def test_fold_free(measured):
 def test_reference_age_is_identity(model):
     dvf = model.field(ageing.REFERENCE_AGE)
     assert float(dvf.abs().max()) < 1e-3
+
+
+@pytest.mark.parametrize("age", [20.0, 70.0])
+def test_inverse_field_undoes_the_ageing_field(model, age):
+    field, _ = model.coarse_field(age, 0.2)
+    inverse, _ = model.coarse_field(age, 0.2, inverse=True)
+    size = float(field.norm(dim=1).mean())
+    naive = float(compose(field, -field).norm(dim=1).mean())  # -u: the inverse only to first order
+    for round_trip in (compose(field, inverse), compose(inverse, field)):  # exact up to trilinear resampling
+        residual = float(round_trip.norm(dim=1).mean())
+        assert residual < 0.4 * size and residual < 0.75 * naive
 
 
 def test_ground_truth_atlas(model, measured):

@@ -148,3 +148,35 @@ def test_run_cli_with_checkpoint_and_torch_backend(tiny_run, tmp_path):
     np.testing.assert_allclose(nib.load(str(folder / "atlas.nii.gz")).affine, get_grid("4mm").affine)
     record = json.loads((folder / "record.json").read_text())
     assert record["backend"] == "torch" and record["steps"] == 3 and record["condition"]["age"] == 70.0
+
+
+def _benchmark(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_model_checks_run_on_a_trained_checkpoint(tiny_run):
+    """The two diagnostic benchmarks (registration accuracy, DVF-decoder sensitivity) on the tiny run."""
+    import re
+
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(_benchmark("decoder_sensitivity").main,
+                                ["--checkpoint", str(tiny_run), "--subjects", "3"])
+    assert result.exit_code == 0, result.output
+    rows = re.findall(r"^\s*([\d.]+) \|\s+([\d.]+) \|\s+([\d.]+)$", result.output, flags=re.M)
+    assert len(rows) == 3 and all(float(v) > 0 for row in rows for v in row)
+    assert [float(r[0]) for r in rows] == sorted(float(r[0]) for r in rows)  # sorted by age
+    assert "Spearman rho(subject volume, decoded volume)" in result.output
+
+    result = CliRunner().invoke(_benchmark("registration_accuracy").main,
+                                ["--checkpoint", str(tiny_run), "--subjects", "2", "--ages", "30,70"])
+    assert result.exit_code == 0, result.output
+    found = re.search(r"end-point error ([\d.]+) voxels; zero field ([\d.]+)", result.output)
+    error, zero = float(found.group(1)), float(found.group(2))
+    assert error > 0 and zero > 0
+    assert len(re.findall(r"^\s+(30|70) \|", result.output, flags=re.M)) == 2

@@ -142,18 +142,24 @@ def _svf(velocity: torch.Tensor) -> torch.Tensor:
     return integrate_svf(velocity, fields.squaring_steps(velocity))
 
 
-def _integrate(grid: Grid, k_v: float, k_s: float, j_min: bool = False, upsample: bool = True):
+def _integrate(grid: Grid, k_v: float, k_s: float, j_min: bool = False, upsample: bool = True,
+               inverse: bool = False):
     """DVF (1, 3, D, H, W, voxels) for gains (k_v, k_s) on ``grid`` (on ``field_grid(grid)`` unless
     ``upsample``), and its minimum Jacobian determinant (NaN unless ``j_min``).
 
     ``phi = exp(k_s b_s) o exp(k_v b_v)``: the ventricle flow acts first on the template, and the cortical
-    flow, which is the identity around the lateral ventricles, does not change their volume.
+    flow, which is the identity around the lateral ventricles, does not change their volume. With
+    ``inverse``, the exact inverse ``phi^-1 = exp(-k_v b_v) o exp(-k_s b_s)``.
     """
     b_v, b_s = _basis(grid)
-    dvf = _svf(k_v * b_v) if k_v != 0.0 else torch.zeros_like(b_v)
-    if k_s != 0.0:
-        cortical = _svf(k_s * b_s)
-        dvf = compose(cortical, dvf) if k_v != 0.0 else cortical
+    if inverse:
+        ventricle = _svf(-k_v * b_v) if k_v != 0.0 else torch.zeros_like(b_v)
+        dvf = compose(ventricle, _svf(-k_s * b_s)) if k_s != 0.0 else ventricle
+    else:
+        dvf = _svf(k_v * b_v) if k_v != 0.0 else torch.zeros_like(b_v)
+        if k_s != 0.0:
+            cortical = _svf(k_s * b_s)
+            dvf = compose(cortical, dvf) if k_v != 0.0 else cortical
     j = float(jacobian_determinant(dvf).min()) if j_min else float("nan")
     return (fields.resample_dvf(dvf, field_grid(grid), grid) if upsample else dvf), j
 
@@ -267,10 +273,12 @@ class AgeingModel:
         dvf, _ = _integrate(self.grid, *self.gains(age, ventricle_log_offset))
         return dvf
 
-    def coarse_field(self, age: float, ventricle_log_offset: float = 0.0) -> tuple[torch.Tensor, Grid]:
-        """The ageing DVF on the grid it is built on (``field_grid``: 2 mm for the paper grid, else the
-        template grid) and that grid; upsample with :func:`diffdef.synth.fields.resample_dvf`."""
-        dvf, _ = _integrate(self.grid, *self.gains(age, ventricle_log_offset), upsample=False)
+    def coarse_field(self, age: float, ventricle_log_offset: float = 0.0, inverse: bool = False
+                     ) -> tuple[torch.Tensor, Grid]:
+        """The ageing DVF (or, with ``inverse``, its exact inverse) on the grid it is built on (``field_grid``:
+        2 mm for the paper grid, else the template grid) and that grid; upsample with
+        :func:`diffdef.synth.fields.resample_dvf`."""
+        dvf, _ = _integrate(self.grid, *self.gains(age, ventricle_log_offset), upsample=False, inverse=inverse)
         return dvf, field_grid(self.grid)
 
     def volumes(self, dvf: torch.Tensor) -> dict[str, float]:

@@ -87,6 +87,18 @@ def _smooth_random(noise: np.ndarray, sigma_mm: float) -> np.ndarray:
     return np.stack([fields.gaussian(c, sigma) for c in noise.reshape(-1, *_RANDOM_GRID.shape)])
 
 
+def individual_dvf(rng: np.random.Generator, grid: Grid, with_inverse: bool = False):
+    """One individual deformation (1, 3, D, H, W), voxels of ``grid``: white noise on the 4 mm grid smoothed
+    with ``INDIVIDUAL_SIGMA_MM``, scaled to an ``INDIVIDUAL_MAX_MM`` peak velocity, integrated, upsampled.
+    With ``with_inverse``: ``(dvf, exact inverse)`` (the negated velocity integrated)."""
+    velocity = _smooth_random(rng.standard_normal((3, *_RANDOM_GRID.shape)), INDIVIDUAL_SIGMA_MM)
+    peak = np.sqrt((velocity**2).sum(0)).max()
+    velocity *= INDIVIDUAL_MAX_MM / _RANDOM_GRID.spacing_mm / peak
+    v = torch.from_numpy(velocity.astype(np.float32))[None]
+    dvf = fields.resample_dvf(integrate_svf(v), _RANDOM_GRID, grid)
+    return (dvf, fields.resample_dvf(integrate_svf(-v), _RANDOM_GRID, grid)) if with_inverse else dvf
+
+
 class SyntheticCohort:
     """The synthetic ageing cohort on ``grid`` for ``seed`` (see the module docstring).
 
@@ -127,14 +139,6 @@ class SyntheticCohort:
         """The drawn parameters of subject ``index`` (age, sex, ventricle_log_offset, gain), no images (cheap)."""
         return self._draw_parameters(self._rng(index), self.age_range)
 
-    def _individual_dvf(self, rng: np.random.Generator, grid: Grid) -> torch.Tensor:
-        """Individual deformation (1, 3, D, H, W), voxels of ``grid``."""
-        velocity = _smooth_random(rng.standard_normal((3, *_RANDOM_GRID.shape)), INDIVIDUAL_SIGMA_MM)
-        peak = np.sqrt((velocity**2).sum(0)).max()
-        velocity *= INDIVIDUAL_MAX_MM / _RANDOM_GRID.spacing_mm / peak
-        dvf = integrate_svf(torch.from_numpy(velocity.astype(np.float32))[None])
-        return fields.resample_dvf(dvf, _RANDOM_GRID, grid)
-
     def _bias(self, rng: np.random.Generator) -> torch.Tensor:
         """Multiplicative bias field (1, 1, D, H, W), ``exp(f)`` with ``max |f| = BIAS_MAX_LOG``."""
         f = _smooth_random(rng.standard_normal(_RANDOM_GRID.shape), BIAS_SIGMA_MM)[0]
@@ -149,7 +153,7 @@ class SyntheticCohort:
         rng = self._rng(index)
         p = self._draw_parameters(rng, self.age_range)
         ageing, coarse = self.model.coarse_field(p["age"], p["ventricle_log_offset"] + sex_log_offset(p["sex"]))
-        individual = self._individual_dvf(rng, coarse)
+        individual = individual_dvf(rng, coarse)
         bias = self._bias(rng)
         noise = torch.from_numpy(rng.standard_normal(self.grid.shape, dtype=np.float32))[None, None]
         # phi_age o phi_ind, composed where the ageing field lives (2 mm for the paper grid), then upsampled

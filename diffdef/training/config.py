@@ -50,8 +50,9 @@ def _base() -> dict[str, Any]:
         "ae": {"steps": 300, "batch_size": 1, "lr": 2e-4, "kl_weight": 1e-8, "adv_weight": 0.01,
                "adv_start": 200, "disc_lr": 2e-4, "patch_size": None},
         # VoxelMorph's regularisation weights: 0.01 with MSE on [0, 1] images, 1.0 with (L)NCC.
+        # synthetic_fields > 0: pairs warped by a bank of that many known fields, + supervised end-point error
         "reg": {"steps": 300, "batch_size": 1, "lr": 1e-3, "similarity": "mse", "smooth_weight": 0.01,
-                "template_fixed_prob": 0.3},
+                "template_fixed_prob": 0.3, "synthetic_fields": 0, "supervised_weight": 1.0, "lr_schedule": "constant"},
         "ldm": {
             "unet_steps": 2000,  # L_diff only, before the DVF decoder starts
             "joint_steps": 150,  # L_diff on the UNet + alpha*L_morph + beta*bending on the DVF decoder
@@ -65,6 +66,7 @@ def _base() -> dict[str, Any]:
             "neighbour_sigma": 0.05,  # Gaussian width on the normalised condition
             "sample_steps": 20,  # DDIM steps used to draw the latent for L_morph
             "morph_grad_to_unet": False,
+            "decoder_warmup_steps": 0,  # last steps of the L_diff phase also fit the decoder to the reg net's fields
             "diffeomorphic": False,
             "integration_steps": 7,
             "latent_scale": None,  # None: 1 / std of the training latents (after centring)
@@ -87,14 +89,15 @@ def preset_config(name: str) -> dict[str, Any]:
         # Budget: `diffdef-train all` in <= 30 min on a 2-core CPU (measured; see README "Measured").
         cfg["data"].update(n_subjects=120)
         cfg["ae"].update(steps=200, batch_size=2, patch_size=[48, 48, 48], adv_start=150)
-        cfg["reg"].update(steps=250)
+        cfg["reg"].update(steps=250, batch_size=2, synthetic_fields=32, lr_schedule="cosine")
         cfg["ldm"].update(unet_steps=600, joint_steps=90, batch_size=16, sample_steps=10, neighbours=3, lr=5e-4,
                           dvf_lr=3e-4)
     elif name == "tiny":
         cfg["data"].update(grid="4mm", n_subjects=12, conditions=["age", "sex"])
         cfg["ae"].update(steps=6, batch_size=2, adv_start=3)
-        cfg["reg"].update(steps=6, batch_size=2)
-        cfg["ldm"].update(unet_steps=6, joint_steps=4, batch_size=4, neighbours=2, sample_steps=3)
+        cfg["reg"].update(steps=6, batch_size=2, synthetic_fields=2)
+        cfg["ldm"].update(unet_steps=6, joint_steps=4, batch_size=4, neighbours=2, sample_steps=3,
+                          decoder_warmup_steps=2)
         cfg["run"].update(checkpoint_every=2)
     elif name == "paper":
         cfg["data"].update(grid="paper", n_subjects=2000)

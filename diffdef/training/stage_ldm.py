@@ -7,14 +7,19 @@ Two phases in one stage (one step counter, so a killed run resumes in either):
    decoded to a DVF, the template is warped by it, and the frozen registration network registers N
    neighbourhood subjects (drawn with Gaussian weights around c) to that atlas; L_morph is their mean
    squared displacement (voxels^2). With ``morph_grad_to_unet`` the final DDIM step keeps its graph, so
-   L_morph also trains the UNet through the last predicted x0 (an improvement over the paper, measured).
+   L_morph also trains the UNet through the last predicted x0 (measured: no effect in the default preset).
+
+With ``decoder_warmup_steps`` = W > 0 (not in the paper), the last W steps of phase 1 also fit the DVF decoder
+to the frozen registration network's template -> subject DVF of each training image, from that image's latent
+(mean squared end-point error, voxels^2), so the joint phase starts from a decoder whose field already follows
+the latent. Measured reason: after the default joint phase alone the decoder returned nearly one field for
+every latent (``benchmarks/decoder_sensitivity.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from typing import Any
 
 import torch
@@ -28,6 +33,7 @@ from diffdef.template import load_template
 from diffdef.training.data import TrainingData, neighbour_weights, sample_indices
 from diffdef.training.distributed import DistContext, no_sync, wrap
 from diffdef.training.loop import StageRun
+from diffdef.training.lr_schedule import decayed_lr
 from diffdef_runtime.schedulers import DDIMSampler, ScheduleConfig, add_noise, noise_coefficients, training_target
 
 log = logging.getLogger(__name__)
@@ -73,17 +79,6 @@ def normalise_latents(latents: torch.Tensor, centre: bool, scale: float | None
     centred = latents - mean if centre else latents
     scale = float(scale or 1.0 / centred.std().item())
     return centred * scale, mean, scale
-
-
-def decayed_lr(base: float, step: int, start: int, end: int, schedule: str, floor: float = 0.1) -> float:
-    """Learning rate at ``step`` of a phase ``[start, end)``: constant, or cosine from ``base`` to
-    ``floor * base`` (stateless, so a resumed run gets exactly the rate of an uninterrupted one)."""
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"ldm.lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
-    if schedule == "constant" or end <= start + 1:
-        return base
-    progress = min(max((step - start) / (end - start - 1), 0.0), 1.0)
-    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _autocast(ctx: DistContext, enabled: bool):
@@ -150,20 +145,37 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         morph = residual.pow(2).sum(1).mean()  # mean squared displacement, voxels^2
         return morph, bending_energy(dvf), dvf
 
+    def warmup_loss(generator: torch.Generator) -> torch.Tensor:
+        idx = sample_indices(len(data), 1, generator)
+        with torch.no_grad():
+            target = reg(template, data.images[idx].to(device))  # template -> subject, voxels
+        return (decoder_ddp(latents[idx].to(device) / latent_scale) - target).pow(2).sum(1).mean()
+
     unet_steps = int(stage["unet_steps"])
     total = unet_steps + int(stage["joint_steps"])
+    warmup_start = unet_steps - int(stage["decoder_warmup_steps"])
+    if warmup_start < 0:
+        raise ValueError(f"ldm.decoder_warmup_steps ({stage['decoder_warmup_steps']}) must be <= ldm.unet_steps "
+                         f"({unet_steps})")
 
     def step_fn(step: int, generator: torch.Generator) -> dict[str, float]:
         joint = step >= unet_steps
+        warmup = warmup_start <= step < unet_steps
         for group in opt_unet.param_groups:
             group["lr"] = decayed_lr(stage["lr"], step, 0, total, stage["lr_schedule"])
         for group in opt_dvf.param_groups:
-            group["lr"] = decayed_lr(stage["dvf_lr"], step, unet_steps, total, stage["lr_schedule"])
+            group["lr"] = (stage["dvf_lr"] if warmup else
+                           decayed_lr(stage["dvf_lr"], step, unet_steps, total, stage["lr_schedule"]))
         opt_unet.zero_grad(set_to_none=True)
         opt_dvf.zero_grad(set_to_none=True)
         totals = {"diff": 0.0}
         for micro in range(accumulation):
             last = micro == accumulation - 1
+            if warmup:
+                with no_sync([decoder_ddp], skip=not last):
+                    fit = warmup_loss(generator)
+                    (fit / accumulation).backward()
+                totals["fit"] = totals.get("fit", 0.0) + float(fit.detach()) / accumulation
             if joint:
                 with no_sync([decoder_ddp], skip=not last):
                     morph, bend, dvf = morphology_loss(generator)
@@ -176,7 +188,7 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
                 (loss / accumulation).backward()
             totals["diff"] += float(loss.detach()) / accumulation
         opt_unet.step()
-        if joint:
+        if joint or warmup:
             opt_dvf.step()
         return totals
 

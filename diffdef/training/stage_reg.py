@@ -4,6 +4,10 @@ It learns to register a subject (moving) to a fixed image; the fixed image is an
 probability ``template_fixed_prob``, the template itself, because at L_morph time the fixed image is the
 template warped by the generated DVF. Loss: similarity (MSE or LNCC) + ``smooth_weight`` x diffusion
 regulariser (mean squared gradient of the DVF, as VoxelMorph), MONAI losses.
+
+With ``synthetic_fields`` > 0 (the ``default`` preset) the pairs are instead a training image (or the template)
+and that image warped by one of a bank of known fields (:mod:`diffdef.training.synthetic_pairs`), and the
+loss gains ``supervised_weight`` x the mean squared end-point error against the known field (voxels^2).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from diffdef.template import load_template
 from diffdef.training.data import TrainingData, sample_indices
 from diffdef.training.distributed import DistContext, no_sync, wrap
 from diffdef.training.loop import StageRun
+from diffdef.training.lr_schedule import decayed_lr
+from diffdef.training.synthetic_pairs import field_bank, synthetic_pairs
 
 
 def similarity_loss(name: str):
@@ -37,27 +43,44 @@ def build_reg_stage(cfg: dict[str, Any], data: TrainingData, ctx: DistContext) -
     optimizer = torch.optim.Adam(net.parameters(), lr=stage["lr"])
     similarity = similarity_loss(stage["similarity"])
     smooth = DiffusionLoss()
-    template = load_template(data.grid).torch("t1")
+    template = load_template(data.grid)
+    n_fields = int(stage["synthetic_fields"])
+    bank = field_bank(template, n_fields, int(cfg["seed"])) if n_fields > 0 else None
+    moving_pool = torch.cat([data.images, template.torch("t1")]) if bank is not None else None
+    template = template.torch("t1")
     accumulation = int(cfg["run"]["grad_accumulation"])
     batch = int(stage["batch_size"])
+    steps = int(stage["steps"])
 
     def step_fn(step: int, generator: torch.Generator) -> dict[str, float]:
+        for group in optimizer.param_groups:
+            group["lr"] = decayed_lr(stage["lr"], step, 0, steps, stage["lr_schedule"])
         optimizer.zero_grad(set_to_none=True)
         totals = {"similarity": 0.0, "smooth": 0.0}
         for micro in range(accumulation):
-            moving = data.images[sample_indices(len(data), batch, generator)]
-            fixed = data.images[sample_indices(len(data), batch, generator)]
-            use_template = torch.rand(batch, generator=generator) < stage["template_fixed_prob"]
-            fixed[use_template] = template
+            if bank is None:
+                moving = data.images[sample_indices(len(data), batch, generator)]
+                fixed = data.images[sample_indices(len(data), batch, generator)]
+                use_template = torch.rand(batch, generator=generator) < stage["template_fixed_prob"]
+                fixed[use_template] = template
+                true_dvf = None
+            else:
+                moving, fixed, true_dvf = synthetic_pairs(moving_pool, bank, batch, generator)
+                true_dvf = true_dvf.to(ctx.device)
             moving, fixed = moving.to(ctx.device), fixed.to(ctx.device)
             with no_sync([net_ddp], skip=micro < accumulation - 1):
                 dvf = net_ddp(moving, fixed)
                 sim = similarity(warp_image(moving, dvf), fixed)
                 reg = smooth(dvf)
-                ((sim + stage["smooth_weight"] * reg) / accumulation).backward()
+                loss = sim + stage["smooth_weight"] * reg
+                if true_dvf is not None:
+                    epe2 = (dvf - true_dvf).pow(2).sum(1).mean()
+                    loss = loss + stage["supervised_weight"] * epe2
+                    totals["epe2"] = totals.get("epe2", 0.0) + float(epe2.detach()) / accumulation
+                (loss / accumulation).backward()
             totals["similarity"] += float(sim.detach()) / accumulation
             totals["smooth"] += float(reg.detach()) / accumulation
         optimizer.step()
         return totals
 
-    return StageRun("reg", int(stage["steps"]), {"registration": net}, {"registration": optimizer}, step_fn), net
+    return StageRun("reg", steps, {"registration": net}, {"registration": optimizer}, step_fn), net
