@@ -5,7 +5,7 @@ import torch
 
 from diffdef.geometry import compose, warp_image
 from diffdef.template import load_template
-from diffdef.training.synthetic_pairs import GAIN_RANGE, field_bank, synthetic_pairs
+from diffdef.training.synthetic_pairs import GAIN_RANGE, field_bank, mirror, synthetic_pairs
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_fixed_is_moving_warped_by_the_true_field_up_to_a_gain(template, bank):
         lo, hi = GAIN_RANGE
         assert lo / hi - 1e-6 <= float(ratio.mean()) <= hi / lo + 1e-6
     # the bank's own fields, some mirrored left-right (D flipped, its component negated)
-    mirrored = bank.flip(2) * torch.tensor([-1.0, 1.0, 1.0]).view(3, 1, 1, 1)
+    mirrored = mirror(bank, bank)[1]
     plain = [any(torch.equal(dvf[i], f) for f in bank) for i in range(8)]
     flipped = [any(torch.equal(dvf[i], f) for f in mirrored) for i in range(8)]
     assert all(p or f for p, f in zip(plain, flipped)) and any(plain) and any(flipped)
@@ -61,3 +61,14 @@ def test_pairs_follow_the_generator_and_check_sizes(template, bank):
         synthetic_pairs(images[..., :-4], bank, 2, torch.Generator())
     with pytest.raises(ValueError, match="n_fields"):
         field_bank(template, 0, seed=0)
+
+
+def test_mirrored_pair_is_the_mirror_image_of_the_warp(template):
+    g = torch.Generator().manual_seed(5)
+    dvf = 3.0 * torch.nn.functional.avg_pool3d(torch.randn(1, 3, *template.grid.shape, generator=g), 7, 1, 3)
+    dvf = dvf * (3.0 / float(dvf.abs().max()))  # up to 3 voxels, smooth
+    image = template.torch("t1")
+    torch.testing.assert_close(warp_image(*mirror(image, dvf)), warp_image(image, dvf).flip(2), atol=1e-5, rtol=0)
+    # without negating the D displacement the identity breaks
+    wrong = warp_image(image.flip(2), dvf.flip(2))
+    assert float((wrong - warp_image(image, dvf).flip(2)).abs().max()) > 0.1

@@ -43,10 +43,7 @@ def main(stage, preset, config_file, overrides, out_dir, restart, print_config, 
     from diffdef.training.train import train
 
     out = out_dir or f"runs/{preset}"
-    try:
-        train(stage, cfg, out, restart=restart)
-    except (ValueError, FileNotFoundError) as err:  # bad settings or inputs: the message names them
-        raise click.ClickException(str(err)) from err
+    train(stage, cfg, out, restart=restart)
     click.echo(f"trained {stage} into {out}", err=True)
 
 

@@ -50,7 +50,8 @@ def _base() -> dict[str, Any]:
         "ae": {"steps": 300, "batch_size": 1, "lr": 2e-4, "kl_weight": 1e-8, "adv_weight": 0.01,
                "adv_start": 200, "disc_lr": 2e-4, "patch_size": None},
         # VoxelMorph's regularisation weights: 0.01 with MSE on [0, 1] images, 1.0 with (L)NCC.
-        # synthetic_fields > 0: pairs warped by a bank of that many known fields, + supervised end-point error
+        # synthetic_fields > 0: pairs warped by a bank of that many known fields (+ their inverses; 2 x 3 x D x H x W
+        # floats: 550 MB on the 2 mm grid), + supervised end-point error; template_fixed_prob is then unused
         "reg": {"steps": 300, "batch_size": 1, "lr": 1e-3, "similarity": "mse", "smooth_weight": 0.01,
                 "template_fixed_prob": 0.3, "synthetic_fields": 0, "supervised_weight": 1.0, "lr_schedule": "constant"},
         "ldm": {

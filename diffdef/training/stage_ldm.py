@@ -154,8 +154,8 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
     unet_steps = int(stage["unet_steps"])
     total = unet_steps + int(stage["joint_steps"])
     warmup_start = unet_steps - int(stage["decoder_warmup_steps"])
-    if warmup_start < 0:
-        raise ValueError(f"ldm.decoder_warmup_steps ({stage['decoder_warmup_steps']}) must be <= ldm.unet_steps "
+    if not 0 <= warmup_start <= unet_steps:
+        raise ValueError(f"ldm.decoder_warmup_steps ({stage['decoder_warmup_steps']}) must be in 0..ldm.unet_steps "
                          f"({unet_steps})")
 
     def step_fn(step: int, generator: torch.Generator) -> dict[str, float]:

@@ -57,10 +57,21 @@ def field_bank(template: Template, n_fields: int, seed: int) -> torch.Tensor:
     return torch.cat(forward + backward)
 
 
+def mirror(image: torch.Tensor, dvf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-right mirror image of an (image, DVF) pair: both flipped along D, the D displacement negated, so
+    ``warp_image(*mirror(m, u)) == flip(warp_image(m, u))``.
+
+    Args:
+        image: (N, C, D, H, W). dvf: (N, 3, D, H, W), voxels.
+    """
+    sign = torch.tensor([-1.0, 1.0, 1.0], dtype=dvf.dtype, device=dvf.device).view(3, 1, 1, 1)
+    return image.flip(2), dvf.flip(2) * sign
+
+
 def synthetic_pairs(images: torch.Tensor, bank: torch.Tensor, batch: int, generator: torch.Generator
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A batch of (moving, fixed, true DVF) with ``warp_image(moving, dvf) == fixed`` up to intensity gain;
-    each pair is mirrored along the left-right axis (D) with probability 1/2 (the template is symmetric).
+    each pair is mirrored along the left-right axis (D) with probability 1/2 (:func:`mirror`).
 
     Args:
         images: (M, 1, D, H, W) candidates for the moving image (training images, and the template if wanted).
@@ -76,10 +87,9 @@ def synthetic_pairs(images: torch.Tensor, bank: torch.Tensor, batch: int, genera
     field_idx = torch.randint(0, len(bank), (batch,), generator=generator)
     lo, hi = GAIN_RANGE
     gains = lo + (hi - lo) * torch.rand(2, batch, 1, 1, 1, 1, generator=generator)
-    mirror = torch.rand(batch, generator=generator) < 0.5
+    flipped = torch.rand(batch, generator=generator) < 0.5
     moving = images[image_idx]
     dvf = bank[field_idx]
-    moving[mirror] = moving[mirror].flip(2)
-    dvf[mirror] = dvf[mirror].flip(2) * torch.tensor([-1.0, 1.0, 1.0]).view(3, 1, 1, 1)
+    moving[flipped], dvf[flipped] = mirror(moving[flipped], dvf[flipped])
     fixed = warp_image(moving, dvf) * gains[1]
     return moving * gains[0], fixed, dvf
