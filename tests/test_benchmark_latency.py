@@ -3,22 +3,16 @@ checks the stages, their consistency and the comparison with the paper)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
+from file_helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def latency():
-    spec = importlib.util.spec_from_file_location("latency_benchmark", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("latency")
 
 
 def test_latency_table(latency, tiny_bundle, tmp_path):

@@ -150,22 +150,14 @@ def test_run_cli_with_checkpoint_and_torch_backend(tiny_run, tmp_path):
     assert record["backend"] == "torch" and record["steps"] == 3 and record["condition"]["age"] == 70.0
 
 
-def _benchmark(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_model_checks_run_on_a_trained_checkpoint(tiny_run):
     """The two diagnostic benchmarks (registration accuracy, DVF-decoder sensitivity) on the tiny run."""
     import re
 
     from click.testing import CliRunner
+    from file_helpers import load_benchmark
 
-    result = CliRunner().invoke(_benchmark("decoder_sensitivity").main,
+    result = CliRunner().invoke(load_benchmark("decoder_sensitivity").main,
                                 ["--checkpoint", str(tiny_run), "--subjects", "3"])
     assert result.exit_code == 0, result.output
     rows = re.findall(r"^\s*([\d.]+) \|\s+([\d.]+) \|\s+([\d.]+)$", result.output, flags=re.M)
@@ -173,7 +165,7 @@ def test_model_checks_run_on_a_trained_checkpoint(tiny_run):
     assert [float(r[0]) for r in rows] == sorted(float(r[0]) for r in rows)  # sorted by age
     assert "Spearman rho(subject volume, decoded volume)" in result.output
 
-    result = CliRunner().invoke(_benchmark("registration_accuracy").main,
+    result = CliRunner().invoke(load_benchmark("registration_accuracy").main,
                                 ["--checkpoint", str(tiny_run), "--subjects", "2", "--ages", "30,70"])
     assert result.exit_code == 0, result.output
     found = re.search(r"end-point error ([\d.]+) voxels; zero field ([\d.]+)", result.output)

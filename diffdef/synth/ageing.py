@@ -152,14 +152,13 @@ def _integrate(grid: Grid, k_v: float, k_s: float, j_min: bool = False, upsample
     ``inverse``, the exact inverse ``phi^-1 = exp(-k_v b_v) o exp(-k_s b_s)``.
     """
     b_v, b_s = _basis(grid)
-    if inverse:
-        ventricle = _svf(-k_v * b_v) if k_v != 0.0 else torch.zeros_like(b_v)
-        dvf = compose(ventricle, _svf(-k_s * b_s)) if k_s != 0.0 else ventricle
+    sign = -1.0 if inverse else 1.0
+    ventricle = _svf(sign * k_v * b_v) if k_v != 0.0 else None
+    cortical = _svf(sign * k_s * b_s) if k_s != 0.0 else None
+    if ventricle is not None and cortical is not None:  # phi^-1 = exp(-k_v b_v) o exp(-k_s b_s)
+        dvf = compose(ventricle, cortical) if inverse else compose(cortical, ventricle)
     else:
-        dvf = _svf(k_v * b_v) if k_v != 0.0 else torch.zeros_like(b_v)
-        if k_s != 0.0:
-            cortical = _svf(k_s * b_s)
-            dvf = compose(cortical, dvf) if k_v != 0.0 else cortical
+        dvf = next((flow for flow in (ventricle, cortical) if flow is not None), torch.zeros_like(b_v))
     j = float(jacobian_determinant(dvf).min()) if j_min else float("nan")
     return (fields.resample_dvf(dvf, field_grid(grid), grid) if upsample else dvf), j
 

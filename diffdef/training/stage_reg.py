@@ -43,11 +43,11 @@ def build_reg_stage(cfg: dict[str, Any], data: TrainingData, ctx: DistContext) -
     optimizer = torch.optim.Adam(net.parameters(), lr=stage["lr"])
     similarity = similarity_loss(stage["similarity"])
     smooth = DiffusionLoss()
-    template = load_template(data.grid)
+    tpl = load_template(data.grid)
+    template = tpl.torch("t1")
     n_fields = int(stage["synthetic_fields"])
-    bank = field_bank(template, n_fields, int(cfg["seed"])) if n_fields > 0 else None
-    moving_pool = torch.cat([data.images, template.torch("t1")]) if bank is not None else None
-    template = template.torch("t1")
+    bank = field_bank(tpl, n_fields, int(cfg["seed"])) if n_fields > 0 else None
+    moving_pool = torch.cat([data.images, template]) if bank is not None else None
     accumulation = int(cfg["run"]["grad_accumulation"])
     batch = int(stage["batch_size"])
     steps = int(stage["steps"])
