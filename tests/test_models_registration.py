@@ -74,3 +74,13 @@ def test_config_round_trip():
         RegistrationConfig.from_dict({"channels": [4, 8], "nope": 0})
     with pytest.raises(ValueError):
         RegistrationConfig(channels=(4, 8, 8))
+
+
+def test_presets_fit_their_grids():
+    """Each preset's network accepts its training grid (2 mm: 80x112x80 at 8 mm inputs; paper: 160x224x160)."""
+    from diffdef_runtime.grid import get_grid
+
+    for preset, grid in (("tiny", "4mm"), ("default", "2mm"), ("paper", "paper")):
+        multiple = registration_preset(preset).shape_multiple
+        assert all(size % multiple == 0 for size in get_grid(grid).shape), (preset, multiple)
+    assert registration_preset("default").input_downsample == 4  # the 8 mm network (README "Measured")

@@ -166,9 +166,15 @@ def test_model_checks_run_on_a_trained_checkpoint(tiny_run):
     assert "Spearman rho(subject volume, decoded volume)" in result.output
 
     result = CliRunner().invoke(load_benchmark("registration_accuracy").main,
-                                ["--checkpoint", str(tiny_run), "--subjects", "2", "--ages", "30,70"])
+                                ["--checkpoint", str(tiny_run), "--subjects", "2", "--ages", "30,70",
+                                 "--mean-ages", "30,80"])
     assert result.exit_code == 0, result.output
     found = re.search(r"end-point error ([\d.]+) voxels; zero field ([\d.]+)", result.output)
     error, zero = float(found.group(1)), float(found.group(2))
     assert error > 0 and zero > 0
-    assert len(re.findall(r"^\s+(30|70) \|", result.output, flags=re.M)) == 2
+    landscape, mean_table = result.output.split("atlas L_morph aims at")
+    assert len(re.findall(r"^\s+(30|70) \|", landscape, flags=re.M)) == 2  # landscape rows
+    mean_rows = re.findall(r"^\s+(30|80) \|\s+([\d.]+) \|\s+([\d.]+) \|", mean_table, flags=re.M)
+    assert [r[0] for r in mean_rows] == ["30", "80"]  # check 3: one scored row per age
+    assert float(mean_rows[1][2]) > 2 * float(mean_rows[0][2])  # true ventricles grow from 30 to 80
+    assert re.search(r"beats the template on ventricle Dice at \d/2 ages, on CSF Dice at \d/2", result.output)

@@ -67,7 +67,7 @@ def _base() -> dict[str, Any]:
             "neighbour_sigma": 0.05,  # Gaussian width on the normalised condition
             "sample_steps": 20,  # DDIM steps used to draw the latent for L_morph
             "morph_grad_to_unet": False,
-            "decoder_warmup_steps": 0,  # last steps of the L_diff phase also fit the decoder to the reg net's fields
+            "decoder_warmup_steps": 0,  # last L_diff steps also fit the decoder to neighbourhood-mean reg-net fields
             "diffeomorphic": False,
             "integration_steps": 7,
             "latent_scale": None,  # None: 1 / std of the training latents (after centring)
@@ -90,9 +90,9 @@ def preset_config(name: str) -> dict[str, Any]:
         # Budget: `diffdef-train all` in <= 30 min on a 2-core CPU (measured; see README "Measured").
         cfg["data"].update(n_subjects=120)
         cfg["ae"].update(steps=200, batch_size=2, patch_size=[48, 48, 48], adv_start=150)
-        cfg["reg"].update(steps=250, batch_size=2, synthetic_fields=32, lr_schedule="cosine")
+        cfg["reg"].update(steps=1200, batch_size=2, synthetic_fields=32, lr_schedule="cosine")
         cfg["ldm"].update(unet_steps=600, joint_steps=90, batch_size=16, sample_steps=10, neighbours=3, lr=5e-4,
-                          dvf_lr=3e-4)
+                          dvf_lr=3e-4, decoder_warmup_steps=150)
     elif name == "tiny":
         cfg["data"].update(grid="4mm", n_subjects=12, conditions=["age", "sex"])
         cfg["ae"].update(steps=6, batch_size=2, adv_start=3)

@@ -116,3 +116,16 @@ def neighbour_weights(conditions: torch.Tensor, target: torch.Tensor, sigma: flo
     d2 = ((conditions - target.unsqueeze(0)) ** 2).sum(1)
     logits = -d2 / (2 * sigma**2)
     return torch.softmax(logits, 0)
+
+
+def draw_neighbours(conditions: torch.Tensor, target: torch.Tensor, sigma: float, n: int,
+                    generator: torch.Generator) -> torch.Tensor:
+    """``n`` training indices drawn with replacement by :func:`neighbour_weights` around ``target``.
+
+    Args:
+        conditions: (M, K) normalised; target: (K,) normalised; sigma: width on the normalised scale.
+    Returns:
+        (n,) int64 on the CPU.
+    """
+    weights = neighbour_weights(conditions, target, sigma).cpu()
+    return torch.multinomial(weights, int(n), replacement=True, generator=generator)

@@ -9,11 +9,13 @@ Two phases in one stage (one step counter, so a killed run resumes in either):
    squared displacement (voxels^2). With ``morph_grad_to_unet`` the final DDIM step keeps its graph, so
    L_morph also trains the UNet through the last predicted x0 (measured: no effect in the default preset).
 
-With ``decoder_warmup_steps`` = W > 0 (not in the paper), the last W steps of phase 1 also fit the DVF decoder
-to the frozen registration network's template -> subject DVF of each training image, from that image's latent
-(mean squared end-point error, voxels^2), so the joint phase starts from a decoder whose field already follows
-the latent. Measured reason: after the default joint phase alone the decoder returned nearly one field for
-every latent (``benchmarks/decoder_sensitivity.py``).
+With ``decoder_warmup_steps`` = W > 0 (not in the paper), the last W steps of phase 1 also fit the DVF decoder,
+from a training image's latent, to the mean of the frozen registration network's template -> neighbour DVFs of
+``neighbours`` subjects drawn from that image's Gaussian neighbourhood (mean squared end-point error, voxels^2).
+In expectation that is the neighbourhood-mean field, the first-order minimiser of L_morph, so the joint phase
+starts nearer its optimum.
+Measured reason: after the default joint phase alone the decoder returned nearly one field for every latent
+(``benchmarks/decoder_sensitivity.py``); fitting each subject's own field instead taught it individual fields.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from diffdef.models.denoiser import ConditionalDenoiser, DenoiserConfig, drop_co
 from diffdef.models.dvf_decoder import DVFDecoder, DVFDecoderConfig
 from diffdef.sampling import sample_latents
 from diffdef.template import load_template
-from diffdef.training.data import TrainingData, neighbour_weights, sample_indices
+from diffdef.training.data import TrainingData, draw_neighbours, sample_indices
 from diffdef.training.distributed import DistContext, no_sync, wrap
 from diffdef.training.loop import StageRun
 from diffdef.training.lr_schedule import decayed_lr
@@ -138,18 +140,22 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         z0 = sample_latents(denoiser, sampler, z_t, target, grad_last_step=bool(stage["morph_grad_to_unet"]))
         dvf = decoder_ddp(z0 / latent_scale)  # (1, 3, D, H, W) voxels
         atlas = warp_image(template, dvf)
-        weights = neighbour_weights(conditions, target[0], stage["neighbour_sigma"]).cpu()
-        idx = torch.multinomial(weights, int(stage["neighbours"]), replacement=True, generator=generator)
+        idx = draw_neighbours(conditions, target[0], stage["neighbour_sigma"], int(stage["neighbours"]), generator)
         moving = data.images[idx].to(device)
         residual = reg(moving, atlas.expand(len(idx), -1, -1, -1, -1))
         morph = residual.pow(2).sum(1).mean()  # mean squared displacement, voxels^2
         return morph, bending_energy(dvf), dvf
 
     def warmup_loss(generator: torch.Generator) -> torch.Tensor:
-        idx = sample_indices(len(data), 1, generator)
-        with torch.no_grad():
-            target = reg(template, data.images[idx].to(device))  # template -> subject, voxels
-        return (decoder_ddp(latents[idx].to(device) / latent_scale) - target).pow(2).sum(1).mean()
+        # The latent of subject i; the target is the mean field template -> subject j over N subjects j drawn by
+        # the Gaussian neighbour weights of i's condition. The loss's minimiser is E_j[field_j | c_i], the
+        # neighbourhood-mean field, which is (to first order) also the minimiser of L_morph: the atlas of c_i,
+        # not subject i's own anatomy.
+        i = sample_indices(len(data), 1, generator)
+        j = draw_neighbours(conditions, conditions[i[0]], stage["neighbour_sigma"], int(stage["neighbours"]), generator)
+        with torch.no_grad():  # template -> each neighbour, voxels, averaged: (1, 3, D, H, W)
+            target = reg(template.expand(len(j), -1, -1, -1, -1), data.images[j].to(device)).mean(0, keepdim=True)
+        return (decoder_ddp(latents[i].to(device) / latent_scale) - target).pow(2).sum(1).mean()
 
     unet_steps = int(stage["unet_steps"])
     total = unet_steps + int(stage["joint_steps"])
