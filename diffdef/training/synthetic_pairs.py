@@ -23,11 +23,9 @@ import torch
 
 from diffdef.geometry import compose, warp_image
 from diffdef.synth.ageing import AGE_RANGE, AgeingModel
-from diffdef.synth.cohort import VENTRICLE_LOG_SD, individual_dvf
+from diffdef.synth.cohort import GAIN_RANGE, VENTRICLE_LOG_SD, individual_dvf
 from diffdef.synth.fields import resample_dvf
 from diffdef.template import Template
-
-GAIN_RANGE = (0.9, 1.1)  # independent global intensity gain of each image of a pair (as the cohort's)
 
 
 def field_bank(template: Template, n_fields: int, seed: int) -> torch.Tensor:
@@ -85,7 +83,7 @@ def synthetic_pairs(images: torch.Tensor, bank: torch.Tensor, batch: int, genera
         raise ValueError(f"images {tuple(images.shape[2:])} and fields {tuple(bank.shape[2:])} differ in size")
     image_idx = torch.randint(0, len(images), (batch,), generator=generator)
     field_idx = torch.randint(0, len(bank), (batch,), generator=generator)
-    lo, hi = GAIN_RANGE
+    lo, hi = GAIN_RANGE  # each image of a pair gets its own global gain, drawn as the cohort's subjects' are
     gains = lo + (hi - lo) * torch.rand(2, batch, 1, 1, 1, 1, generator=generator)
     flipped = torch.rand(batch, generator=generator) < 0.5
     moving = images[image_idx]
