@@ -24,8 +24,9 @@ import click
 @click.option("--steps", default=20, show_default=True)
 @click.option("--samples", default=4, show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--guidance", default=1.0, show_default=True, help="classifier-free guidance scale (1 = off)")
 @click.option("--json-out", type=click.Path(path_type=Path), default=None)
-def main(checkpoint, bundle, backend, ages, steps, samples, seed, json_out):
+def main(checkpoint, bundle, backend, ages, steps, samples, seed, guidance, json_out):
     import torch
     from scipy.stats import spearmanr
 
@@ -45,7 +46,7 @@ def main(checkpoint, bundle, backend, ages, steps, samples, seed, json_out):
     extra = {n: 0.0 for n in model.info.conditions.names if n != "age"}
     tic = time.perf_counter()
     results = generate(model.engines, model.info, model.template, {"age": age_list, **extra}, steps=steps,
-                       seed=seed, samples=samples)
+                       seed=seed, samples=samples, guidance=guidance)
     seconds = time.perf_counter() - tic
 
     rows = []
@@ -69,7 +70,7 @@ def main(checkpoint, bundle, backend, ages, steps, samples, seed, json_out):
     better_csf = sum(r["dice_csf"] > r["template_dice_csf"] for r in rows)
     print(f"Spearman rho(volume, age) = {rho:.3f}; atlas beats template on ventricle Dice at {better_vent}/{len(rows)} "
           f"ages, on CSF Dice at {better_csf}/{len(rows)}; generation {seconds:.1f} s for {len(rows)} ages x "
-          f"{samples} samples ({model.engines.name})")
+          f"{samples} samples, guidance {guidance:g} ({model.engines.name})")
     if json_out:
         json_out.write_text(json.dumps({"rows": rows, "spearman_rho": rho, "seconds": seconds}, indent=2))
 

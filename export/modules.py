@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffdef.models.dvf_decoder import DVFDecoder
+from diffdef.models.dvf_decoder import DVFDecoder, integrate_on_coarse_grid
 from diffdef.models.registration import upsample_dvf
 
 
@@ -131,7 +131,8 @@ class DVFDecoderForExport(nn.Module):
         field = self.decoder.raw_field(latents)
         cfg = self.decoder.config
         if cfg.diffeomorphic:
-            field = integrate_svf_traceable(field, cfg.integration_steps)
+            field = integrate_on_coarse_grid(field, cfg.integration_steps, cfg.integration_down,
+                                             integrate_svf_traceable)
         return upsample_dvf(field, self.upsample_factor)
 
 

@@ -6,7 +6,8 @@ modules. Zero-initialised layers would make parity tests trivially pass, so they
 the layers MONAI's UNet zero-initialises (it outputs exactly 0 when fresh) get their default random
 initialisation, and the DVF head of the ``DVFDecoder`` (zero = identity transform) gets small seeded random
 weights, scaled so that the DVF of a standard-normal latent has a standard deviation of ``dvf_std_voxels``
-(0.75 voxel by default; maxima of several voxels).
+(0.75 voxel by default; maxima of several voxels). The decoder's field basis (on by default, rank 2, as in the
+``tiny`` training preset) gets seeded random fields of standard deviation ``basis_std_voxels``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from diffdef.models.autoencoder import autoencoder_preset, build_autoencoder
 from diffdef.models.checkpoint import save_module
 from diffdef.models.denoiser import ConditionalDenoiser, denoiser_preset
 from diffdef.models.dvf_decoder import DVFDecoder, DVFDecoderConfig
+from diffdef.models.field_basis import FieldBasisConfig
 from diffdef_runtime import atomic
 from diffdef_runtime.conditions import ConditionSpec
 from diffdef_runtime.grid import get_grid
@@ -54,9 +56,10 @@ def _randomise_zero_layers(module: nn.Module) -> None:
 
 
 def make_untrained_checkpoint(out_dir: str | Path, grid: str = "4mm", seed: int = 0, preset: str = "tiny", *,
-                              diffeomorphic: bool = False, integration_steps: int = 7,
+                              diffeomorphic: bool = False, integration_steps: int = 7, integration_down: int = 1,
                               dvf_std_voxels: float = 0.75, latent_scale: float = 0.3,
-                              sample_steps: int = 3, centred: bool = True) -> Path:
+                              sample_steps: int = 3, centred: bool = True, basis_rank: int = 2,
+                              basis_std_voxels: float = 0.25) -> Path:
     """Write a randomly initialised checkpoint folder in the layout of ``diffdef-train``.
 
     Args:
@@ -64,10 +67,12 @@ def make_untrained_checkpoint(out_dir: str | Path, grid: str = "4mm", seed: int 
         grid: training grid name (``4mm`` for tests; ``2mm``/``paper`` for benchmarks).
         seed: seeds every weight (same seed, same files).
         preset: model preset for the denoiser and the autoencoder: ``tiny``, ``default`` or ``paper``.
-        diffeomorphic: the decoder head is a velocity integrated with ``integration_steps`` squarings.
+        diffeomorphic: the decoder head is a velocity integrated with ``integration_steps`` squarings, on the
+            grid ``integration_down`` times coarser.
         dvf_std_voxels: standard deviation of the (raw) head output for a standard-normal latent, voxels.
         centred: the decoder holds a (seeded random) population-mean latent, as ``diffdef-train`` writes by
             default (``ldm.latent_centre``), so exports and runtimes are checked with it.
+        basis_rank: rank of the decoder's field basis (0 = none); its fields are on the image grid / 2.
     Returns:
         ``out_dir`` as a Path.
     """
@@ -83,9 +88,17 @@ def make_untrained_checkpoint(out_dir: str | Path, grid: str = "4mm", seed: int 
         denoiser = ConditionalDenoiser(den_cfg).eval()
         _randomise_zero_layers(denoiser)
         dec_cfg = DVFDecoderConfig(autoencoder=ae_cfg, diffeomorphic=diffeomorphic,
-                                   integration_steps=integration_steps,
-                                   latent_shape=tuple(g.latent_shape) if centred else None)
+                                   integration_steps=integration_steps, integration_down=integration_down,
+                                   latent_shape=tuple(g.latent_shape) if centred else None,
+                                   basis=FieldBasisConfig(rank=basis_rank, latent_channels=ae_cfg.latent_channels,
+                                                          latent_shape=tuple(g.latent_shape),
+                                                          basis_shape=tuple(n // 2 for n in g.shape))
+                                   if basis_rank else None)
         decoder = DVFDecoder.from_autoencoder(build_autoencoder(ae_cfg), dec_cfg).eval()
+        if decoder.basis is not None:
+            with torch.no_grad():
+                decoder.basis.fields.copy_(basis_std_voxels * torch.randn(decoder.basis.fields.shape,
+                                                                          generator=generator))
         if centred:
             decoder.set_latent_mean(torch.randn((1, ae_cfg.latent_channels, *g.latent_shape), generator=generator))
     _randomise_head(decoder, (ae_cfg.latent_channels, *g.latent_shape), generator, dvf_std_voxels)

@@ -183,11 +183,13 @@ def test_hierarchical_group_norm_equals_group_norm_on_large_offset_groups():
         torch.testing.assert_close(HierarchicalGroupNorm(norm)(x), norm(x), rtol=0, atol=2e-5)
 
 
-def test_diffeomorphic_decoder_export_module_equals_the_decoder(tmp_path):
+@pytest.mark.parametrize("integration_down", [1, 2])
+def test_diffeomorphic_decoder_export_module_equals_the_decoder(tmp_path, integration_down):
     from diffdef_export.modules import DVFDecoderForExport, DVFDecoderReference
     from diffdef_export.testing import make_untrained_checkpoint
 
-    ckpt = make_untrained_checkpoint(tmp_path / "c", diffeomorphic=True, integration_steps=4, seed=3)
+    ckpt = make_untrained_checkpoint(tmp_path / "c", diffeomorphic=True, integration_steps=4, seed=3,
+                                     integration_down=integration_down)
     _, decoder = load_generation_modules(ckpt)
     z = torch.randn(2, 3, 5, 7, 5, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

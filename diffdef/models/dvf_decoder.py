@@ -3,13 +3,19 @@
 ``post_quant_conv`` + ``decoder`` exactly as ``AutoencoderKL.decode`` uses them; the decoder's last conv (features
 -> 1 image channel) is replaced by a features -> 3 conv initialised to zero weights and bias, so an untrained
 DVF decoder outputs the identity transform (u = 0) whatever the latent. ``diffeomorphic=True`` makes the head a
-stationary velocity field integrated by scaling and squaring (``integrate_svf``).
+stationary velocity field integrated by scaling and squaring (``integrate_svf``), on the output grid or, with
+``integration_down`` = f > 1, on a grid f times coarser (the velocity average-pooled, the displacement upsampled
+trilinearly: VoxelMorph's ``int_downsize``); f = 2 makes the integration's forward and backward about 8x cheaper,
+which on a CPU is most of a diffeomorphic decoder's training step.
 
 Latent centring (``latent_shape`` set): the diffusion model is trained on *centred* latents
 ``(z - mean) * scale``, where ``mean`` is the population-mean latent of the training images (C, d, h, w). Without
 it the shared template dominates every latent and the between-subject (age) signal is a few percent of it, which
 the diffusion model learns poorly. The decoder holds ``mean`` as the buffer ``latent_mean`` and adds it back, so
 ``dvf = decoder(z_centred / scale)``: the runtime and the exported ONNX graph stay unchanged.
+
+Field basis (``basis`` set, not in the paper): the head's output plus a low-rank, position-aware field read
+linearly from the latent (``diffdef.models.field_basis``, which says why). Zero at initialisation.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from torch import nn
 from diffdef.geometry import integrate_svf
 from diffdef.models._config import ConfigBase, check_int_tuple
 from diffdef.models.autoencoder import AutoencoderConfig, build_autoencoder
+from diffdef.models.field_basis import FieldBasis, FieldBasisConfig
+from diffdef.models.registration import upsample_dvf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,10 +39,16 @@ class DVFDecoderConfig(ConfigBase):
     autoencoder: AutoencoderConfig = dataclasses.field(default_factory=AutoencoderConfig)
     diffeomorphic: bool = False
     integration_steps: int = 7
+    integration_down: int = 1  # integrate on the output grid / this factor (diffeomorphic only)
     latent_shape: tuple[int, int, int] | None = None  # (d, h, w) of the centred latent; None = no centring
+    basis: FieldBasisConfig | None = None  # low-rank field basis added to the head's output; None = off
 
     def __post_init__(self) -> None:
         self._freeze()
+        if isinstance(self.basis, dict):
+            object.__setattr__(self, "basis", FieldBasisConfig.from_dict(self.basis))
+        if self.basis is not None and not isinstance(self.basis, FieldBasisConfig):
+            raise ValueError(f"basis must be a FieldBasisConfig or None, got {type(self.basis).__name__}")
         if self.latent_shape is not None:
             check_int_tuple("latent_shape", self.latent_shape, 3)
         if isinstance(self.autoencoder, dict):
@@ -43,6 +57,8 @@ class DVFDecoderConfig(ConfigBase):
             raise ValueError(f"autoencoder must be an AutoencoderConfig, got {type(self.autoencoder).__name__}")
         if not isinstance(self.integration_steps, int) or self.integration_steps < 0:
             raise ValueError(f"integration_steps must be an int >= 0, got {self.integration_steps!r}")
+        if not isinstance(self.integration_down, int) or self.integration_down < 1:
+            raise ValueError(f"integration_down must be an int >= 1, got {self.integration_down!r}")
         if self.diffeomorphic and self.integration_steps < 1:
             raise ValueError("diffeomorphic=True needs integration_steps >= 1")
 
@@ -70,6 +86,7 @@ class DVFDecoder(nn.Module):
             self.register_buffer("latent_mean", torch.zeros(1, cfg.autoencoder.latent_channels, *cfg.latent_shape))
         else:
             self.latent_mean = None
+        self.basis = FieldBasis(cfg.basis) if cfg.basis is not None else None
 
     def set_latent_mean(self, mean: torch.Tensor) -> None:
         """Store the population-mean latent (1, C, d, h, w) that centred latents are relative to."""
@@ -84,6 +101,15 @@ class DVFDecoder(nn.Module):
     def head(self) -> nn.Module:
         """The 3-channel output conv (last block of the decoder)."""
         return self.decoder.blocks[-1]
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``{"decoder": ..., "basis_fields": ..., "basis_coefficients": ...}`` (the last two empty without a
+        basis): the groups the training stage gives their own learning rates."""
+        basis_fields = [self.basis.fields] if self.basis is not None else []
+        basis_coef = list(self.basis.coefficients.parameters()) if self.basis is not None else []
+        in_basis = {id(p) for p in basis_fields + basis_coef}
+        rest = [p for p in self.parameters() if id(p) not in in_basis]
+        return {"decoder": rest, "basis_fields": basis_fields, "basis_coefficients": basis_coef}
 
     @classmethod
     def from_config(cls, cfg: DVFDecoderConfig) -> DVFDecoder:
@@ -102,7 +128,7 @@ class DVFDecoder(nn.Module):
         src.update({f"decoder.{k}": v for k, v in ae.decoder.state_dict().items()})
         head_prefix = f"decoder.blocks.{len(module.decoder.blocks) - 1}."
         own = module.state_dict()
-        expected = {k for k in own if not k.startswith(head_prefix) and k != "latent_mean"}
+        expected = {k for k in own if not k.startswith((head_prefix, "basis.")) and k != "latent_mean"}
         given = {k for k in src if not k.startswith(head_prefix)}
         mismatched = sorted(k for k in expected & given if own[k].shape != src[k].shape)
         if expected != given or mismatched:
@@ -117,14 +143,33 @@ class DVFDecoder(nn.Module):
         return module
 
     def raw_field(self, z: torch.Tensor) -> torch.Tensor:
-        """Head output: displacement, or velocity when ``diffeomorphic`` (N, 3, D, H, W), voxels."""
-        if self.latent_mean is not None:
-            z = z + self.latent_mean
-        return self.decoder(self.post_quant_conv(z))
+        """Head output (+ the field basis): displacement, or velocity when ``diffeomorphic`` (N, 3, D, H, W), voxels.
+
+        The basis reads ``z`` as given (centred when centring is on)."""
+        field = self.decoder(self.post_quant_conv(z if self.latent_mean is None else z + self.latent_mean))
+        if self.basis is not None:
+            field = field + self.basis(z, tuple(field.shape[2:]))
+        return field
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         field = self.raw_field(z)
         if self.config.diffeomorphic:
-            field = integrate_svf(field, self.config.integration_steps)
+            field = integrate_on_coarse_grid(field, self.config.integration_steps, self.config.integration_down)
         return field
+
+
+def integrate_on_coarse_grid(velocity: torch.Tensor, steps: int, factor: int, integrate=integrate_svf) -> torch.Tensor:
+    """``integrate(velocity, steps)`` on the grid ``factor`` times coarser: (N, 3, D, H, W) velocity, voxels ->
+    displacement, voxels of the same grid. ``avg_pool3d`` down (values / factor) and ``upsample_dvf`` up
+    (values x factor) use the same half-voxel convention. ``integrate`` is swappable (the export's traceable twin).
+
+    Raises:
+        ValueError: a spatial size not divisible by ``factor``.
+    """
+    if factor == 1:
+        return integrate(velocity, steps)
+    if any(n % factor for n in velocity.shape[2:]):
+        raise ValueError(f"integration_down {factor} must divide the field's grid {tuple(velocity.shape[2:])}")
+    coarse = nn.functional.avg_pool3d(velocity, factor) / float(factor)
+    return upsample_dvf(integrate(coarse, steps), factor)
 

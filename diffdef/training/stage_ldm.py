@@ -10,12 +10,17 @@ Two phases in one stage (one step counter, so a killed run resumes in either):
    L_morph also trains the UNet through the last predicted x0 (measured: no effect in the default preset).
 
 With ``decoder_warmup_steps`` = W > 0 (not in the paper), the last W steps of phase 1 also fit the DVF decoder,
-from a training image's latent, to the mean of the frozen registration network's template -> neighbour DVFs of
-``neighbours`` subjects drawn from that image's Gaussian neighbourhood (mean squared end-point error, voxels^2).
-In expectation that is the neighbourhood-mean field, the first-order minimiser of L_morph, so the joint phase
-starts nearer its optimum.
+from a training image's latent, to the Gaussian-weighted mean of the frozen registration network's template ->
+subject fields over that image's neighbourhood (mean squared end-point error, voxels^2): exactly, from a bank of
+every training subject's field (``warmup_targets = "exact"``), or estimated from ``neighbours`` drawn subjects
+(``"sampled"``, for cohorts whose bank would not fit in memory). That is the neighbourhood-mean field, the
+first-order minimiser of L_morph, so the joint phase starts nearer its optimum.
 Measured reason: after the default joint phase alone the decoder returned nearly one field for every latent
 (``benchmarks/decoder_sensitivity.py``); fitting each subject's own field instead taught it individual fields.
+
+The DVF decoder's optimiser has one group per part (``DVFDecoder.parameter_groups``): the copied AE decoder and
+head (``dvf_lr``), the field basis's fields (``basis_lr``) and coefficients (``basis_coef_lr``); the schedule
+scales each group's own base rate.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from diffdef.geometry import bending_energy, warp_image
 from diffdef.models.autoencoder import AutoencoderConfig
 from diffdef.models.denoiser import ConditionalDenoiser, DenoiserConfig, drop_conditions
 from diffdef.models.dvf_decoder import DVFDecoder, DVFDecoderConfig
+from diffdef.models.field_basis import FieldBasisConfig
 from diffdef.sampling import sample_latents
 from diffdef.template import load_template
-from diffdef.training.data import TrainingData, draw_neighbours, sample_indices
+from diffdef.training.data import TrainingData, draw_neighbours, neighbour_weights, sample_indices
 from diffdef.training.distributed import DistContext, no_sync, wrap
 from diffdef.training.loop import StageRun
 from diffdef.training.lr_schedule import decayed_lr
@@ -56,14 +62,25 @@ def denoiser_config(cfg: dict[str, Any], n_conditions: int) -> DenoiserConfig:
 
 
 def dvf_decoder_config(cfg: dict[str, Any], latent_shape: tuple[int, int, int] | None = None) -> DVFDecoderConfig:
-    """The DVF decoder of a training config; ``latent_shape`` (d, h, w) when ``ldm.latent_centre`` is on."""
-    centre = bool(cfg["ldm"]["latent_centre"])
-    if centre and latent_shape is None:
-        raise ValueError("ldm.latent_centre needs the latent shape")
-    return DVFDecoderConfig(autoencoder=AutoencoderConfig.from_dict(cfg["models"]["autoencoder"]),
-                            diffeomorphic=bool(cfg["ldm"]["diffeomorphic"]),
-                            integration_steps=int(cfg["ldm"]["integration_steps"]),
-                            latent_shape=tuple(latent_shape) if centre else None)
+    """The DVF decoder of a training config; ``latent_shape`` (d, h, w) when ``ldm.latent_centre`` is on or
+    ``ldm.basis_rank`` > 0."""
+    stage = cfg["ldm"]
+    centre, rank = bool(stage["latent_centre"]), int(stage["basis_rank"])
+    if (centre or rank) and latent_shape is None:
+        raise ValueError("ldm.latent_centre and ldm.basis_rank need the latent shape")
+    ae_cfg = AutoencoderConfig.from_dict(cfg["models"]["autoencoder"])
+    basis = None
+    if rank:
+        down = int(stage["basis_down"])
+        image_shape = [8 * n for n in latent_shape]  # the AE's three 2x up-samplings
+        if down < 1 or any(n % down for n in image_shape):
+            raise ValueError(f"ldm.basis_down ({down}) must divide the image grid {tuple(image_shape)}")
+        basis = FieldBasisConfig(rank=rank, latent_channels=ae_cfg.latent_channels, latent_shape=tuple(latent_shape),
+                                 basis_shape=tuple(n // down for n in image_shape))
+    return DVFDecoderConfig(autoencoder=ae_cfg, diffeomorphic=bool(stage["diffeomorphic"]),
+                            integration_steps=int(stage["integration_steps"]),
+                            integration_down=int(stage["integration_down"]),
+                            latent_shape=tuple(latent_shape) if centre else None, basis=basis)
 
 
 def normalise_latents(latents: torch.Tensor, centre: bool, scale: float | None
@@ -81,6 +98,29 @@ def normalise_latents(latents: torch.Tensor, centre: bool, scale: float | None
     centred = latents - mean if centre else latents
     scale = float(scale or 1.0 / centred.std().item())
     return centred * scale, mean, scale
+
+
+EXACT_TARGETS_MAX_GB = 8.0
+
+
+@torch.no_grad()
+def registration_fields(reg: torch.nn.Module, template: torch.Tensor, images: torch.Tensor, device: torch.device,
+                        chunk: int = 4) -> torch.Tensor:
+    """The frozen registration network's template -> subject field of every training image: (M, 3, D, H, W)
+    float32 voxels on the CPU (``ldm.warmup_targets = "exact"``; 1.0 GB for 120 subjects on the 2 mm grid).
+
+    Raises:
+        ValueError: when the bank would exceed ``EXACT_TARGETS_MAX_GB`` (use ``warmup_targets = "sampled"``).
+    """
+    gb = images.shape[0] * 3 * images[0].numel() * 4 / 2**30
+    if gb > EXACT_TARGETS_MAX_GB:
+        raise ValueError(f"ldm.warmup_targets='exact' would hold {gb:.1f} GB of registration fields for "
+                         f"{images.shape[0]} images (limit {EXACT_TARGETS_MAX_GB:g} GB); use 'sampled'")
+    out = []
+    for k in range(0, len(images), chunk):
+        moving = images[k:k + chunk].to(device)
+        out.append(reg(template.expand(len(moving), -1, -1, -1, -1), moving).float().cpu())
+    return torch.cat(out)
 
 
 def _autocast(ctx: DistContext, enabled: bool):
@@ -108,7 +148,10 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
     if cfg["run"]["compile"]:
         unet_ddp = torch.compile(unet_ddp)
     opt_unet = torch.optim.Adam(denoiser.parameters(), lr=stage["lr"])
-    opt_dvf = torch.optim.Adam(decoder.parameters(), lr=stage["dvf_lr"])
+    # Each group keeps its own base rate ("base_lr"), which the step's schedule scales.
+    base_lrs = {"decoder": stage["dvf_lr"], "basis_fields": stage["basis_lr"], "basis_coefficients": stage["basis_coef_lr"]}
+    opt_dvf = torch.optim.Adam([{"params": params, "lr": base_lrs[name], "base_lr": base_lrs[name]}
+                                for name, params in decoder.parameter_groups().items() if params])
 
     schedule = ScheduleConfig.from_dict(cfg["schedule"])
     sampler = DDIMSampler(schedule)
@@ -146,15 +189,27 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         morph = residual.pow(2).sum(1).mean()  # mean squared displacement, voxels^2
         return morph, bending_energy(dvf), dvf
 
+    warmup_targets = stage["warmup_targets"]
+    if warmup_targets not in ("exact", "sampled"):
+        raise ValueError(f"ldm.warmup_targets must be 'exact' or 'sampled', got {warmup_targets!r}")
+    bank = None
+    if warmup_targets == "exact" and int(stage["decoder_warmup_steps"]) > 0:
+        bank = registration_fields(reg, template, data.images, device)
+
     def warmup_loss(generator: torch.Generator) -> torch.Tensor:
-        # The latent of subject i; the target is the mean field template -> subject j over N subjects j drawn by
-        # the Gaussian neighbour weights of i's condition. The loss's minimiser is E_j[field_j | c_i], the
-        # neighbourhood-mean field, which is (to first order) also the minimiser of L_morph: the atlas of c_i,
-        # not subject i's own anatomy.
+        # The latent of subject i; the target is the Gaussian-weighted mean, over the neighbourhood of i's
+        # condition, of the frozen registration network's template -> subject fields: exactly (``exact``, every
+        # training subject weighted) or estimated from N drawn neighbours (``sampled``, the same in expectation).
+        # That is (to first order) the minimiser of L_morph: the atlas of c_i, not subject i's own anatomy.
         i = sample_indices(len(data), 1, generator)
-        j = draw_neighbours(conditions, conditions[i[0]], stage["neighbour_sigma"], int(stage["neighbours"]), generator)
-        with torch.no_grad():  # template -> each neighbour, voxels, averaged: (1, 3, D, H, W)
-            target = reg(template.expand(len(j), -1, -1, -1, -1), data.images[j].to(device)).mean(0, keepdim=True)
+        if bank is not None:
+            weights = neighbour_weights(conditions, conditions[i[0]], stage["neighbour_sigma"]).cpu()
+            target = torch.einsum("m,mcdhw->cdhw", weights, bank)[None].to(device)
+        else:
+            j = draw_neighbours(conditions, conditions[i[0]], stage["neighbour_sigma"], int(stage["neighbours"]),
+                                generator)
+            with torch.no_grad():  # template -> each neighbour, voxels, averaged: (1, 3, D, H, W)
+                target = reg(template.expand(len(j), -1, -1, -1, -1), data.images[j].to(device)).mean(0, keepdim=True)
         return (decoder_ddp(latents[i].to(device) / latent_scale) - target).pow(2).sum(1).mean()
 
     unet_steps = int(stage["unet_steps"])
@@ -170,8 +225,8 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         for group in opt_unet.param_groups:
             group["lr"] = decayed_lr(stage["lr"], step, 0, total, stage["lr_schedule"])
         for group in opt_dvf.param_groups:
-            group["lr"] = (stage["dvf_lr"] if warmup else
-                           decayed_lr(stage["dvf_lr"], step, unet_steps, total, stage["lr_schedule"]))
+            group["lr"] = (group["base_lr"] if warmup else
+                           decayed_lr(group["base_lr"], step, unet_steps, total, stage["lr_schedule"]))
         opt_unet.zero_grad(set_to_none=True)
         opt_dvf.zero_grad(set_to_none=True)
         totals = {"diff": 0.0}
