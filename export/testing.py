@@ -5,9 +5,10 @@
 modules. Zero-initialised layers would make parity tests trivially pass, so they are re-initialised:
 the layers MONAI's UNet zero-initialises (it outputs exactly 0 when fresh) get their default random
 initialisation, and the DVF head of the ``DVFDecoder`` (zero = identity transform) gets small seeded random
-weights, scaled so that the DVF of a standard-normal latent has a standard deviation of ``dvf_std_voxels``
-(0.75 voxel by default; maxima of several voxels). The decoder's field basis (on by default, rank 2, as in the
-``tiny`` training preset) gets seeded random fields of standard deviation ``basis_std_voxels``.
+weights. The decoder's field basis (on by default, rank 2, as in the ``tiny`` training preset) first gets seeded
+random fields of standard deviation ``basis_std_voxels``; the head is then scaled so that the whole raw field
+(head + basis) of a standard-normal latent has a standard deviation of ``dvf_std_voxels`` (0.75 voxel by
+default; maxima of several voxels).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ TEST_CONDITIONS = ConditionSpec(names=("age", "sex"), ranges={"age": (20.0, 90.0
 
 def _randomise_head(decoder: DVFDecoder, latent_shape: tuple[int, ...], generator: torch.Generator,
                     dvf_std_voxels: float) -> None:
-    """Give the (zero) DVF head seeded random weights scaled so that std(DVF) = ``dvf_std_voxels``."""
+    """Give the (zero) DVF head seeded random weights scaled so that std(raw field, head + basis) = ``dvf_std_voxels``."""
     conv = decoder.head.conv
     with torch.no_grad():
         conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator))
@@ -73,6 +74,7 @@ def make_untrained_checkpoint(out_dir: str | Path, grid: str = "4mm", seed: int 
         centred: the decoder holds a (seeded random) population-mean latent, as ``diffdef-train`` writes by
             default (``ldm.latent_centre``), so exports and runtimes are checked with it.
         basis_rank: rank of the decoder's field basis (0 = none); its fields are on the image grid / 2.
+        basis_std_voxels: standard deviation of the basis's random fields, voxels.
     Returns:
         ``out_dir`` as a Path.
     """

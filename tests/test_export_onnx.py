@@ -197,7 +197,24 @@ def test_diffeomorphic_decoder_export_module_equals_the_decoder(tmp_path, integr
             got = DVFDecoderForExport(decoder, factor)(z)  # hierarchical GroupNorms: equal to rounding
             torch.testing.assert_close(got, DVFDecoderReference(decoder, factor)(z), rtol=0, atol=1e-4)
         velocity = decoder.raw_field(z)
-    assert not torch.equal(got[:, :, ::2, ::2, ::2], 2 * velocity)  # the integration did something
+        integrated = DVFDecoderForExport(decoder, 1)(z)
+    assert float((integrated - velocity).abs().max()) > 1e-3  # the integration did something
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_decoder_of_the_default_preset_kind_exports_within_tolerance(tmp_path, fp16):
+    # What the default preset ships: a diffeomorphic decoder integrated on a 2x coarser grid, with a field basis.
+    from diffdef_export.testing import make_untrained_checkpoint
+
+    ckpt = make_untrained_checkpoint(tmp_path / "c", diffeomorphic=True, integration_down=2, basis_rank=2, seed=5)
+    bundle = Bundle.open(export_bundle(ckpt, tmp_path / "b", fp16=fp16))
+    inputs = bundle.interface("dvf_decoder").sample_inputs(np.random.default_rng(FRESH_SEED), batch=2)
+    got = verify.session(bundle.model_path("dvf_decoder")).run(None, inputs)[0]
+    want = _torch_outputs(bundle, "dvf_decoder", inputs)
+    max_abs, max_rel = verify.relative_error(got, want)
+    print(f"fp16={fp16}: max abs {max_abs:.2e}, max rel {max_rel:.2e}")
+    assert max_rel <= (1e-2 if fp16 else 1e-4)
+    assert np.abs(want).max() > 0.1
 
 
 def test_failed_verification_leaves_no_bundle(tiny_checkpoint, tmp_path, monkeypatch):

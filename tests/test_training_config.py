@@ -59,6 +59,9 @@ def test_dvf_decoder_config_carries_the_field_basis():
     cfg["ldm"]["basis_down"] = 3  # 80 is not a multiple of 3
     with pytest.raises(ValueError, match="ldm.basis_down"):
         dvf_decoder_config(cfg, (10, 14, 10))
-    cfg["ldm"].update(basis_rank=0, latent_centre=False)
+    cfg["ldm"].update(basis_down=2, integration_down=3)
+    with pytest.raises(ValueError, match="ldm.integration_down"):
+        dvf_decoder_config(cfg, (10, 14, 10))
+    cfg["ldm"].update(basis_rank=0, latent_centre=False, integration_down=2)
     assert dvf_decoder_config(cfg).basis is None
     assert preset_config("paper")["ldm"]["basis_rank"] == 0  # the paper's decoder, unchanged

@@ -43,9 +43,12 @@ def test_all_stages_write_strict_checkpoints(tiny_run):
     assert json.loads((tiny_run / "progress.json").read_text())["completed"] == ["ae", "reg", "ldm"]
     model = json.loads((tiny_run / "model.json").read_text())
     assert model["conditions"]["names"] == ["age", "sex"] and model["latent_scale"] > 0
-    # The trained DVF head moved away from its zero initialisation through L_morph + bending.
-    head = [v for k, v in load_file(str(tiny_run / "dvf_decoder.safetensors")).items() if "weight" in k][-1]
-    assert float(head.abs().max()) > 0
+    # The trained DVF head and field basis moved away from their zero initialisation (warm-up, L_morph, bending).
+    weights = load_file(str(tiny_run / "dvf_decoder.safetensors"))
+    last = max(int(k.split(".")[2]) for k in weights if k.startswith("decoder.blocks."))
+    assert float(weights[f"decoder.blocks.{last}.conv.weight"].abs().max()) > 0
+    assert weights[f"decoder.blocks.{last}.conv.weight"].shape[0] == 3  # the head, not a copied layer
+    assert float(weights["basis.fields"].abs().max()) > 0
     # Latent centring is on by default: the decoder keeps the population-mean latent of the 4 mm grid (5x7x5).
     decoder = json.loads((tiny_run / "dvf_decoder.json").read_text())["config"]
     assert decoder["latent_shape"] == [5, 7, 5]

@@ -57,7 +57,7 @@ class DVFDecoderConfig(ConfigBase):
             raise ValueError(f"autoencoder must be an AutoencoderConfig, got {type(self.autoencoder).__name__}")
         if not isinstance(self.integration_steps, int) or self.integration_steps < 0:
             raise ValueError(f"integration_steps must be an int >= 0, got {self.integration_steps!r}")
-        if not isinstance(self.integration_down, int) or self.integration_down < 1:
+        if not isinstance(self.integration_down, int) or isinstance(self.integration_down, bool) or self.integration_down < 1:
             raise ValueError(f"integration_down must be an int >= 1, got {self.integration_down!r}")
         if self.diffeomorphic and self.integration_steps < 1:
             raise ValueError("diffeomorphic=True needs integration_steps >= 1")
