@@ -70,18 +70,17 @@ def dvf_decoder_config(cfg: dict[str, Any], latent_shape: tuple[int, int, int] |
         raise ValueError("ldm.latent_centre and ldm.basis_rank need the latent shape")
     ae_cfg = AutoencoderConfig.from_dict(cfg["models"]["autoencoder"])
     image_shape = [8 * n for n in latent_shape] if latent_shape is not None else None  # the AE's 3 up-samplings
+    downs = {"basis_down": int(stage["basis_down"]), "integration_down": int(stage["integration_down"])}
     for key, on in (("basis_down", rank), ("integration_down", stage["diffeomorphic"])):
-        down = int(stage[key])
-        if on and image_shape is not None and (down < 1 or any(n % down for n in image_shape)):
-            raise ValueError(f"ldm.{key} ({down}) must divide the image grid {tuple(image_shape)}")
+        if on and image_shape is not None and (downs[key] < 1 or any(n % downs[key] for n in image_shape)):
+            raise ValueError(f"ldm.{key} ({downs[key]}) must divide the image grid {tuple(image_shape)}")
     basis = None
     if rank:
-        down = int(stage["basis_down"])
         basis = FieldBasisConfig(rank=rank, latent_channels=ae_cfg.latent_channels, latent_shape=tuple(latent_shape),
-                                 basis_shape=tuple(n // down for n in image_shape))
+                                 basis_shape=tuple(n // downs["basis_down"] for n in image_shape))
     return DVFDecoderConfig(autoencoder=ae_cfg, diffeomorphic=bool(stage["diffeomorphic"]),
                             integration_steps=int(stage["integration_steps"]),
-                            integration_down=int(stage["integration_down"]),
+                            integration_down=downs["integration_down"],
                             latent_shape=tuple(latent_shape) if centre else None, basis=basis)
 
 
@@ -110,7 +109,8 @@ def registration_fields(reg: torch.nn.Module, template: torch.Tensor, images: to
                         chunk: int = 4) -> torch.Tensor:
     """The frozen registration network's template -> subject field of every training image: (M, 3, D, H, W)
     float32 voxels on the CPU (``ldm.warmup_targets = "exact"``; 1.0 GB for 120 subjects on the 2 mm grid, held
-    by every DDP process, and rebuilt on resume even past the warm-up: about 20 s on 2 CPU cores).
+    by every DDP process; about 20 s on 2 CPU cores). The stage builds it at its first warm-up step, so a run
+    resumed past the warm-up never does.
 
     Raises:
         ValueError: when the bank would exceed ``EXACT_TARGETS_MAX_GB`` (use ``warmup_targets = "sampled"``).
@@ -195,9 +195,7 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
     warmup_targets = stage["warmup_targets"]
     if warmup_targets not in ("exact", "sampled"):
         raise ValueError(f"ldm.warmup_targets must be 'exact' or 'sampled', got {warmup_targets!r}")
-    bank = None
-    if warmup_targets == "exact" and int(stage["decoder_warmup_steps"]) > 0:
-        bank = registration_fields(reg, template, data.images, device)
+    bank: list[torch.Tensor] = []  # the exact targets' field bank, built at the first warm-up step that needs it
 
     def warmup_loss(generator: torch.Generator) -> torch.Tensor:
         # The latent of subject i; the target is the Gaussian-weighted mean, over the neighbourhood of i's
@@ -205,9 +203,11 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         # training subject weighted) or estimated from N drawn neighbours (``sampled``, the same in expectation).
         # That is (to first order) the minimiser of L_morph: the atlas of c_i, not subject i's own anatomy.
         i = sample_indices(len(data), 1, generator)
-        if bank is not None:
+        if warmup_targets == "exact":
+            if not bank:
+                bank.append(registration_fields(reg, template, data.images, device))
             weights = neighbour_weights(conditions, conditions[i[0]], stage["neighbour_sigma"]).cpu()
-            target = torch.einsum("m,mcdhw->cdhw", weights, bank)[None].to(device)
+            target = torch.einsum("m,mcdhw->cdhw", weights, bank[0])[None].to(device)
         else:
             j = draw_neighbours(conditions, conditions[i[0]], stage["neighbour_sigma"], int(stage["neighbours"]),
                                 generator)
