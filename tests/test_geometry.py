@@ -14,6 +14,7 @@ from diffdef.geometry import (
     jacobian_determinant,
     jacobian_smoothness,
     mean_displacement_mm,
+    svf_log,
     warp_image,
     warp_labels,
 )
@@ -125,6 +126,18 @@ def test_svf_integration_of_large_field_is_fold_free():
     assert float((forward - v).abs().max()) > 1e-2
     round_trip = compose(forward, integrate_svf(-v, steps=7))
     assert float(round_trip[:, :, 3:-3, 3:-3, 3:-3].abs().mean()) < 2e-2
+
+
+def test_svf_log_inverts_the_exponential():
+    v = _smooth_field((24, 24, 24), amplitude=1.5, seed=5)
+    u = integrate_svf(v, steps=7)
+    logged = svf_log(u, steps=7, iterations=4)
+    interior = (slice(None), slice(None), slice(3, -3), slice(3, -3), slice(3, -3))
+    first_order = float((u - v)[interior].abs().mean())  # v = u, the 0-iteration guess
+    assert float((logged - v)[interior].abs().mean()) < 0.2 * first_order
+    torch.testing.assert_close(svf_log(u, steps=7, iterations=0), u)
+    with pytest.raises(ValueError, match="iterations must be >= 0"):
+        svf_log(u, iterations=-1)
 
 
 def test_compose_of_translations_adds_them():

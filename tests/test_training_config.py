@@ -10,6 +10,8 @@ def test_presets_differ_in_grid_and_budget():
     assert (tiny["data"]["grid"], default["data"]["grid"], paper["data"]["grid"]) == ("4mm", "2mm", "paper")
     assert paper["ldm"]["neighbours"] == 15 and paper["ldm"]["latent_scale"] == 0.3
     assert default["schedule"]["prediction_type"] == "v_prediction"
+    # the paper's L_morph uses the registration network as is; ours subtracts its identity-pair field
+    assert not paper["ldm"]["reg_bias_correction"] and default["ldm"]["reg_bias_correction"]
     with pytest.raises(ValueError, match="unknown preset"):
         preset_config("huge")
 

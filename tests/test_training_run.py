@@ -172,12 +172,17 @@ def test_model_checks_run_on_a_trained_checkpoint(tiny_run):
                                 ["--checkpoint", str(tiny_run), "--subjects", "2", "--ages", "30,70",
                                  "--mean-ages", "30,80"])
     assert result.exit_code == 0, result.output
-    found = re.search(r"end-point error ([\d.]+) voxels; zero field ([\d.]+)", result.output)
-    error, zero = float(found.group(1)), float(found.group(2))
-    assert error > 0 and zero > 0
+    found = re.search(r"end-point error ([\d.]+) voxels \(([\d.]+) less the identity-pair field, whose mean "
+                      r"length is ([\d.]+)\); zero field ([\d.]+)", result.output)
+    error, corrected, bias, zero = (float(v) for v in found.groups())
+    assert error > 0 and zero > 0 and bias > 0
+    # subtracting a field moves each error by at most its length (3 decimals printed)
+    assert abs(error - corrected) <= bias + 2e-3
     landscape, mean_table = result.output.split("atlas L_morph aims at")
     assert len(re.findall(r"^\s+(30|70) \|", landscape, flags=re.M)) == 2  # landscape rows
-    mean_rows = re.findall(r"^\s+(30|80) \|\s+([\d.]+) \|\s+([\d.]+) \|", mean_table, flags=re.M)
+    mean_rows = re.findall(r"^\s+(30|80) \|\s*[\d.]+/\s*([\d.]+) \|\s+([\d.]+) \|", mean_table, flags=re.M)
     assert [r[0] for r in mean_rows] == ["30", "80"]  # check 3: one scored row per age
     assert float(mean_rows[1][2]) > 2 * float(mean_rows[0][2])  # true ventricles grow from 30 to 80
-    assert re.search(r"beats the template on ventricle Dice at \d/2 ages, on CSF Dice at \d/2", result.output)
+    for name in ("as is", "less the identity-pair field"):
+        assert re.search(rf"{name}: beats the template on ventricle Dice at \d/2 ages, on CSF Dice at \d/2",
+                         result.output)

@@ -31,3 +31,24 @@ def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
         outer, inner: (N, 3, D, H, W), voxels (batch 1 broadcasts).
     """
     return inner + warp_image(outer, inner)
+
+
+def svf_log(displacement: torch.Tensor, steps: int = 7, iterations: int = 4) -> torch.Tensor:
+    """A stationary velocity ``v`` with ``integrate_svf(v, steps) ~ displacement`` (the group logarithm).
+
+    Fixed-point iteration ``v <- v + (u - exp(v))`` from ``v = u`` (exact to first order; each iteration
+    removes the leading error term for smooth, fold-free fields). No maintained library offers a differentiable
+    SVF logarithm in PyTorch; this is only used to make regression targets, under no_grad.
+
+    Args:
+        displacement: (N, 3, D, H, W), voxels. steps: squarings of the exponential it inverts.
+        iterations: fixed-point corrections after the first-order guess (0: ``v = u``).
+    Returns:
+        (N, 3, D, H, W) velocity, voxels.
+    """
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    velocity = displacement.clone()
+    for _ in range(iterations):
+        velocity = velocity + (displacement - integrate_svf(velocity, steps))
+    return velocity

@@ -56,8 +56,11 @@ class FieldBasis(nn.Module):
         self.coefficients = nn.Linear(cfg.latent_channels * math.prod(cfg.latent_shape), cfg.rank)
         self.fields = nn.Parameter(torch.zeros(cfg.rank + 1, 3, *cfg.basis_shape))
 
-    def forward(self, z: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    def coarse(self, z: torch.Tensor) -> torch.Tensor:
+        """``B_0 + sum_k a_k(z) B_k`` on the basis grid: (N, 3, d', h', w'), in output voxels."""
         a = self.coefficients(z.flatten(1))  # (N, K)
         a = torch.cat([torch.ones_like(a[:, :1]), a], dim=1)  # (N, K + 1): B_0 always on
-        coarse = (a @ self.fields.flatten(1)).view(z.shape[0], 3, *self.config.basis_shape)
-        return nn.functional.interpolate(coarse, size=tuple(size), mode="trilinear", align_corners=False)
+        return (a @ self.fields.flatten(1)).view(z.shape[0], 3, *self.config.basis_shape)
+
+    def forward(self, z: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+        return nn.functional.interpolate(self.coarse(z), size=tuple(size), mode="trilinear", align_corners=False)

@@ -69,6 +69,8 @@ def _base() -> dict[str, Any]:
             "morph_grad_to_unet": False,
             "decoder_warmup_steps": 0,  # last L_diff steps also fit the decoder to neighbourhood-mean reg-net fields
             "warmup_targets": "sampled",  # "exact": every subject's field held in memory; "sampled": N per step
+            # registration fields relative to the network's field for an identical pair (stage_ldm.identity_bias)
+            "reg_bias_correction": False,
             "diffeomorphic": False,
             # Low-rank field basis in the DVF decoder (not in the paper; diffdef/models/field_basis.py says why):
             # K coefficients read from the latent, basis fields on the image grid / basis_down, own learning rates
@@ -76,6 +78,11 @@ def _base() -> dict[str, Any]:
             "basis_down": 2,
             "basis_lr": 3e-2,  # voxels per Adam step, roughly
             "basis_coef_lr": 3e-3,
+            # before the warm-up, fit the basis alone (cheap) to the exact targets (training/basis_prefit.py)
+            "basis_prefit_steps": 0,
+            "basis_prefit_batch": 8,
+            "basis_prefit_lr": 1e-2,  # the pre-fit's own rates (fields, coefficients)
+            "basis_prefit_coef_lr": 1e-3,
             "integration_steps": 7,
             "integration_down": 1,  # integrate the velocity on the image grid / this factor
             "latent_scale": None,  # None: 1 / std of the training latents (after centring)
@@ -100,14 +107,16 @@ def preset_config(name: str) -> dict[str, Any]:
         cfg["ae"].update(steps=200, batch_size=2, patch_size=[48, 48, 48], adv_start=150)
         cfg["reg"].update(steps=1200, batch_size=2, synthetic_fields=32, lr_schedule="cosine")
         cfg["ldm"].update(unet_steps=600, joint_steps=90, batch_size=16, sample_steps=10, neighbours=3, lr=5e-4,
-                          dvf_lr=3e-4, decoder_warmup_steps=250, basis_rank=4, diffeomorphic=True,
-                          warmup_targets="exact", basis_lr=1e-2, basis_coef_lr=1e-3, integration_down=2)
+                          dvf_lr=3e-5, decoder_warmup_steps=250, basis_rank=4, diffeomorphic=True,
+                          warmup_targets="exact", basis_lr=1e-3, basis_coef_lr=1e-4, integration_down=2,
+                          reg_bias_correction=True, basis_prefit_steps=1500)
     elif name == "tiny":
         cfg["data"].update(grid="4mm", n_subjects=12, conditions=["age", "sex"])
         cfg["ae"].update(steps=6, batch_size=2, adv_start=3)
         cfg["reg"].update(steps=6, batch_size=2, synthetic_fields=2)
         cfg["ldm"].update(unet_steps=6, joint_steps=4, batch_size=4, neighbours=2, sample_steps=3,
-                          decoder_warmup_steps=2, basis_rank=2, warmup_targets="exact")
+                          decoder_warmup_steps=2, basis_rank=2, warmup_targets="exact",
+                          reg_bias_correction=True, basis_prefit_steps=5)
         cfg["run"].update(checkpoint_every=2)
     elif name == "paper":
         cfg["data"].update(grid="paper", n_subjects=2000)

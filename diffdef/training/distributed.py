@@ -76,6 +76,14 @@ def no_sync(modules: list[torch.nn.Module], skip: bool):
     return stack
 
 
+def broadcast_parameters(module: torch.nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's parameters of ``module`` to every rank (after a step taken outside DDP)."""
+    if ctx.distributed:
+        with torch.no_grad():
+            for parameter in module.parameters():
+                dist.broadcast(parameter.data, src=0)
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()
