@@ -233,6 +233,11 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         raise ValueError(f"ldm.warmup_targets must be 'exact' or 'sampled', got {warmup_targets!r}")
     bank: list[torch.Tensor] = []  # the exact targets' field bank, built at the first warm-up step that needs it
 
+    def exact_bank() -> torch.Tensor:
+        if not bank:
+            bank.append(registration_fields(reg, template, data.images, device, bias_correction=bias_correction))
+        return bank[0]
+
     def warmup_loss(generator: torch.Generator) -> torch.Tensor:
         # The latent of subject i; the target is the Gaussian-weighted mean, over the neighbourhood of i's
         # condition, of the frozen registration network's template -> subject fields: exactly (``exact``, every
@@ -240,10 +245,8 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         # That is (to first order) the minimiser of L_morph: the atlas of c_i, not subject i's own anatomy.
         i = sample_indices(len(data), 1, generator)
         if warmup_targets == "exact":
-            if not bank:
-                bank.append(registration_fields(reg, template, data.images, device, bias_correction=bias_correction))
             weights = neighbour_weights(conditions, conditions[i[0]], stage["neighbour_sigma"]).cpu()
-            target = torch.einsum("m,mcdhw->cdhw", weights, bank[0])[None].to(device)
+            target = torch.einsum("m,mcdhw->cdhw", weights, exact_bank())[None].to(device)
         else:
             j = draw_neighbours(conditions, conditions[i[0]], stage["neighbour_sigma"], int(stage["neighbours"]),
                                 generator)
@@ -267,11 +270,9 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
     def prefit_basis() -> None:
         # Once, at the first warm-up step (a run resumed before it redoes it with the same seed; one resumed after
         # it has it in the decoder's weights). The seed is the same on every rank; rank 0's result is broadcast.
-        if not bank:
-            bank.append(registration_fields(reg, template, data.images, device, bias_correction=bias_correction))
         weights = torch.stack([neighbour_weights(conditions, c, stage["neighbour_sigma"]).cpu() for c in conditions])
         velocity_steps = decoder.config.integration_steps if decoder.config.diffeomorphic else 0
-        targets = basis_grid_targets(bank[0], weights, decoder.basis.config.basis_shape, velocity_steps)
+        targets = basis_grid_targets(exact_bank(), weights, decoder.basis.config.basis_shape, velocity_steps)
         generator = torch.Generator().manual_seed(step_seed(int(cfg["seed"]), "ldm-basis-prefit", warmup_start, 0))
         error = prefit_field_basis(decoder.basis, latents / latent_scale, targets, prefit_steps,
                                    int(stage["basis_prefit_batch"]), stage["basis_prefit_lr"],
