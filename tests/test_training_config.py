@@ -12,6 +12,10 @@ def test_presets_differ_in_grid_and_budget():
     assert default["schedule"]["prediction_type"] == "v_prediction"
     # the paper's L_morph uses the registration network as is; ours subtracts its identity-pair field
     assert not paper["ldm"]["reg_bias_correction"] and default["ldm"]["reg_bias_correction"]
+    # the drawn-latent pre-fit and the joint-phase fit term: exercised by tiny, off in default and paper
+    assert tiny["ldm"]["basis_prefit_samples"] and tiny["ldm"]["joint_fit_weight"]
+    assert not (default["ldm"]["basis_prefit_samples"] or default["ldm"]["joint_fit_weight"])
+    assert not (paper["ldm"]["basis_prefit_samples"] or paper["ldm"]["joint_fit_weight"])
     with pytest.raises(ValueError, match="unknown preset"):
         preset_config("huge")
 

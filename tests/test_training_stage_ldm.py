@@ -70,3 +70,76 @@ def test_morphology_residual_is_zero_for_the_atlas_itself_only_when_corrected():
     # identity pair's own fixed - moving cancels)
     corrected.sum().backward()
     torch.testing.assert_close(atlas.grad, torch.full_like(atlas, 6.0))
+
+
+def _tiny_ldm_stage(overrides: dict, spy=None, reg=None):
+    """The tiny preset's ldm stage (random AE), ``ldm`` keys overridden; ``reg``: the registration network (default:
+    a random one); with ``spy`` in place of ``prefit_field_basis``, run up to the pre-fit. Returns the stage, its
+    config, the encoded latents as the decoder sees them (N, C, d, h, w) and N."""
+    from diffdef.models.autoencoder import AutoencoderConfig, build_autoencoder
+    from diffdef.models.registration import RegistrationConfig, RegistrationNet
+    from diffdef.training import stage_ldm
+    from diffdef.training.config import preset_config
+    from diffdef.training.data import load_training_data
+    from diffdef.training.distributed import DistContext
+
+    cfg = preset_config("tiny")
+    cfg["ldm"].update(overrides)
+    torch.manual_seed(0)
+    data = load_training_data(cfg["data"], show_progress=False)
+    ae = build_autoencoder(AutoencoderConfig.from_dict(cfg["models"]["autoencoder"])).eval()
+    if reg is None:
+        reg = RegistrationNet.from_config(RegistrationConfig.from_dict(cfg["models"]["registration"]))
+    run, _, _, scale = stage_ldm.build_ldm_stage(cfg, data, ae, reg, DistContext(0, 1, torch.device("cpu")))
+    if spy is not None:
+        original, stage_ldm.prefit_field_basis = stage_ldm.prefit_field_basis, spy
+        try:
+            warmup_start = cfg["ldm"]["unet_steps"] - cfg["ldm"]["decoder_warmup_steps"]
+            run.step_fn(warmup_start, torch.Generator().manual_seed(0))  # the pre-fit runs at this step
+        finally:
+            stage_ldm.prefit_field_basis = original
+    encoded, _, _ = normalise_latents(stage_ldm.encode_latents(ae, data.images, torch.device("cpu")), True, None)
+    return run, cfg, encoded / scale, len(data)
+
+
+def test_prefit_sees_encoded_and_sampler_drawn_latents_with_their_subjects_targets():
+    seen = []
+
+    def spy(basis, latents, targets, *args):
+        seen.append((latents.clone(), targets.clone()))
+        return 0.0
+
+    _, _, encoded, n = _tiny_ldm_stage({"basis_prefit_samples": 2}, spy)
+    latents, targets = seen[0]
+    assert latents.shape == (3 * n, *encoded.shape[1:]) and targets.shape[0] == 3 * n
+    torch.testing.assert_close(latents[:n], encoded)  # the encoded latents first, as the decoder sees them
+    drawn = latents[n:]
+    assert torch.isfinite(drawn).all() and float((drawn[:n] - drawn[n:]).abs().max()) > 1e-3  # two draws differ
+    assert float((drawn[:n] - encoded).abs().max()) > 1e-3  # drawn by the UNet, not copies
+    for k in (1, 2):  # every drawn latent carries its subject's target
+        torch.testing.assert_close(targets[k * n:(k + 1) * n], targets[:n])
+    _tiny_ldm_stage({"basis_prefit_samples": 2}, spy)  # same seed, same draws
+    torch.testing.assert_close(seen[1][0], latents)
+    _tiny_ldm_stage({"basis_prefit_samples": 0}, spy)  # off: the encoded latents only
+    assert seen[2][0].shape[0] == n
+
+
+def test_joint_fit_term_anchors_the_decoder_to_the_exact_target():
+    # alpha = beta = 0: the decoder's only loss in the joint phase is gamma * L_fit, which must then fall when the
+    # same condition and latent are drawn again (same generator seed) after a few steps at a high rate. The fake
+    # registration network's fields (image differences) make the targets non-zero; the decoder starts at zero.
+    from diffdef.template import load_template
+
+    shape = load_template("4mm").torch("t1").shape[2:]
+    run, cfg, _, _ = _tiny_ldm_stage({"joint_fit_weight": 1.0, "alpha": 0.0, "beta": 0.0, "dvf_lr": 1e-3,
+                                      "basis_lr": 3e-2, "basis_coef_lr": 3e-3, "lr_schedule": "constant"},
+                                     reg=_BiasedRegistration(shape))
+    joint = cfg["ldm"]["unet_steps"]
+    fits = []
+    for _ in range(6):
+        fits.append(run.step_fn(joint, torch.Generator().manual_seed(3))["fit"])
+    assert fits[0] > 0 and fits[-1] < 0.5 * fits[0], fits
+    plain, cfg, _, _ = _tiny_ldm_stage({"joint_fit_weight": 0.0})
+    assert "fit" not in plain.step_fn(cfg["ldm"]["unet_steps"], torch.Generator().manual_seed(3))  # off by default
+    with pytest.raises(ValueError, match="joint_fit_weight"):
+        _tiny_ldm_stage({"joint_fit_weight": 1.0, "warmup_targets": "sampled", "basis_prefit_steps": 0})

@@ -11,6 +11,13 @@ start of the warm-up the decoder's output *is* the basis's, and fitting the basi
 The rates after it must be lower (``ldm.basis_lr``): in the same experiment, 250 further steps of batch 1 at the
 pre-fit's 1e-2 / 1e-3 undid it (0.14 voxel RMS at 30), at 1e-3 / 1e-4 they kept it (0.02).
 
+Which latents (``ldm.basis_prefit_samples``): at generation the decoder reads latents drawn by the UNet, not
+encoded ones. A basis fitted (as above) to the 120 encoded training latents beat the template at every age on
+held-out *encoded* latents, but on latents drawn by a trained default UNet (4 per age, DDIM 10 steps) it lost
+CSF Dice at 85 and was 0.10 voxel RMS from the target at 30 (CSF 0.910; template 0.942). Fitted to 2 drawn
+latents per training subject alone it lost 2 ages on each Dice; fitted to both (encoded + 2 drawn per
+subject) it beat the template at every age on both Dice on the held-out drawn latents, 0.05 voxel RMS at 30.
+
 With a diffeomorphic decoder the basis holds a velocity: the targets become velocities by
 :func:`diffdef.geometry.svf.svf_log` on the basis grid (4 fixed-point iterations: 0.04 voxel RMS from the
 target displacement at age 80 on the default grid, 0.0 at 25), so the fit needs no integration in its loop.

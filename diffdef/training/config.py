@@ -67,6 +67,7 @@ def _base() -> dict[str, Any]:
             "neighbour_sigma": 0.05,  # Gaussian width on the normalised condition
             "sample_steps": 20,  # DDIM steps used to draw the latent for L_morph
             "morph_grad_to_unet": False,
+            "joint_fit_weight": 0.0,  # gamma: joint-phase DVF also fitted to the exact target of its condition
             "decoder_warmup_steps": 0,  # last L_diff steps also fit the decoder to neighbourhood-mean reg-net fields
             "warmup_targets": "sampled",  # "exact": every subject's field held in memory; "sampled": N per step
             # registration fields relative to the network's field for an identical pair (stage_ldm.identity_bias)
@@ -83,6 +84,7 @@ def _base() -> dict[str, Any]:
             "basis_prefit_batch": 8,
             "basis_prefit_lr": 1e-2,  # the pre-fit's own rates (fields, coefficients)
             "basis_prefit_coef_lr": 1e-3,
+            "basis_prefit_samples": 0,  # K UNet-drawn latents per training subject added to the pre-fit's inputs
             "integration_steps": 7,
             "integration_down": 1,  # integrate the velocity on the image grid / this factor
             "latent_scale": None,  # None: 1 / std of the training latents (after centring)
@@ -116,7 +118,8 @@ def preset_config(name: str) -> dict[str, Any]:
         cfg["reg"].update(steps=6, batch_size=2, synthetic_fields=2)
         cfg["ldm"].update(unet_steps=6, joint_steps=4, batch_size=4, neighbours=2, sample_steps=3,
                           decoder_warmup_steps=2, basis_rank=2, warmup_targets="exact",
-                          reg_bias_correction=True, basis_prefit_steps=5)
+                          reg_bias_correction=True, basis_prefit_steps=5, basis_prefit_samples=1,
+                          joint_fit_weight=1.0)  # off in default (measured: README "Known limits")
         cfg["run"].update(checkpoint_every=2)
     elif name == "paper":
         cfg["data"].update(grid="paper", n_subjects=2000)

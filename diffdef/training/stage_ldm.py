@@ -25,7 +25,15 @@ offset, not sampling noise, is what made the L_morph target miss at young ages (
 
 With ``basis_prefit_steps`` > 0 (not in the paper; needs exact targets), the first warm-up step first fits the
 decoder's field basis alone to the same targets on its own coarse grid, many cheap batched steps at its own rates
-(:mod:`diffdef.training.basis_prefit` says why and what it measured).
+(:mod:`diffdef.training.basis_prefit` says why and what it measured). With ``basis_prefit_samples`` = K > 0 the fit
+also sees K latents per training subject drawn by the UNet (as trained so far) at that subject's condition, with the
+subject's target: the decoder is later fed sampled latents, not encoded ones, and a basis fitted to encoded latents
+alone read the sampler's latents wrongly (measured in :mod:`diffdef.training.basis_prefit`).
+
+With ``joint_fit_weight`` = gamma > 0 (not in the paper; needs exact targets), the joint phase's decoder loss is
+``alpha * L_morph + beta * bending + gamma * L_fit``, where L_fit compares the DVF already decoded for L_morph (from
+the sampled latent) with the exact neighbourhood-mean target of its condition (the warm-up's loss, voxels^2). It
+anchors the decoder to the target while L_morph refines it; measured reason in ``README.md`` ("Known limits").
 
 The DVF decoder's optimiser has one group per part (``DVFDecoder.parameter_groups``): the copied AE decoder and
 head (``dvf_lr``), the field basis's fields (``basis_lr``) and coefficients (``basis_coef_lr``); the schedule
@@ -214,7 +222,9 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         target = training_target(x0, noise, sqrt_ab, sqrt_1mab, schedule.prediction_type)
         return torch.nn.functional.mse_loss(pred.float(), target)
 
-    def morphology_loss(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def morphology_loss(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                             torch.Tensor]:
+        # (L_morph, bending, L_fit or None, the DVF)
         target = conditions[sample_indices(len(data), 1, generator)]  # (1, K)
         z_t = torch.randn((1, *latents.shape[1:]), generator=generator).to(device)
         # The sampling forward uses the unwrapped denoiser: its gradient (switch on) stays local and is
@@ -226,11 +236,19 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         moving = data.images[idx].to(device)
         residual = morphology_residual(reg, moving, atlas, bias_correction)
         morph = residual.pow(2).sum(1).mean()  # mean squared displacement, voxels^2
-        return morph, bending_energy(dvf), dvf
+        fit = None
+        if joint_fit_weight:  # the same sampled latent's DVF against the exact target of its condition, voxels^2
+            weights = neighbour_weights(conditions, target[0], stage["neighbour_sigma"]).cpu()
+            exact = torch.einsum("m,mcdhw->cdhw", weights, exact_bank())[None].to(device)
+            fit = (dvf - exact).pow(2).sum(1).mean()
+        return morph, bending_energy(dvf), fit, dvf
 
     warmup_targets = stage["warmup_targets"]
     if warmup_targets not in ("exact", "sampled"):
         raise ValueError(f"ldm.warmup_targets must be 'exact' or 'sampled', got {warmup_targets!r}")
+    joint_fit_weight = float(stage["joint_fit_weight"])
+    if joint_fit_weight and warmup_targets != "exact":
+        raise ValueError("ldm.joint_fit_weight > 0 needs ldm.warmup_targets='exact' (the field bank)")
     bank: list[torch.Tensor] = []  # the exact targets' field bank, built at the first warm-up step that needs it
 
     def exact_bank() -> torch.Tensor:
@@ -274,12 +292,26 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         velocity_steps = decoder.config.integration_steps if decoder.config.diffeomorphic else 0
         targets = basis_grid_targets(exact_bank(), weights, decoder.basis.config.basis_shape, velocity_steps)
         generator = torch.Generator().manual_seed(step_seed(int(cfg["seed"]), "ldm-basis-prefit", warmup_start, 0))
-        error = prefit_field_basis(decoder.basis, latents / latent_scale, targets, prefit_steps,
+        drawn = draw_condition_latents(generator)
+        inputs = torch.cat([latents, drawn]) / latent_scale  # row j's target is subject (j mod N)'s
+        targets = targets.repeat(len(inputs) // len(latents), 1, 1, 1, 1)
+        error = prefit_field_basis(decoder.basis, inputs, targets, prefit_steps,
                                    int(stage["basis_prefit_batch"]), stage["basis_prefit_lr"],
                                    stage["basis_prefit_coef_lr"], generator)
         broadcast_parameters(decoder.basis, ctx)
-        log.info("field basis pre-fitted: %d steps, mean squared error %.4f voxel^2 on the basis grid (targets "
-                 "%.4f)", prefit_steps, error, float(targets.pow(2).sum(1).mean()))
+        log.info("field basis pre-fitted on %d encoded and %d sampled latents: %d steps, mean squared error %.4f "
+                 "voxel^2 on the basis grid (targets %.4f)", len(latents), len(drawn), prefit_steps, error,
+                 float(targets.pow(2).sum(1).mean()))
+
+    @torch.no_grad()
+    def draw_condition_latents(generator: torch.Generator) -> torch.Tensor:
+        # ``basis_prefit_samples`` = K latents per training subject drawn by the current UNet at that subject's
+        # condition (the DDIM loop of L_morph), (K * N, C, d, h, w) scaled, on the CPU; row k * N + i is subject i.
+        k = int(stage["basis_prefit_samples"])
+        cond = conditions.repeat(k, 1)
+        noise = torch.randn((len(cond), *latents.shape[1:]), generator=generator)
+        return torch.cat([sample_latents(denoiser, sampler, noise[j:j + batch].to(device), cond[j:j + batch]).cpu()
+                          for j in range(0, len(cond), batch)] or [latents[:0]])
 
     def step_fn(step: int, generator: torch.Generator) -> dict[str, float]:
         joint = step >= unet_steps
@@ -303,8 +335,12 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
                 totals["fit"] = totals.get("fit", 0.0) + float(fit.detach()) / accumulation
             if joint:
                 with no_sync([decoder_ddp], skip=not last):
-                    morph, bend, dvf = morphology_loss(generator)
-                    ((stage["alpha"] * morph + stage["beta"] * bend) / accumulation).backward()
+                    morph, bend, fit, dvf = morphology_loss(generator)
+                    loss_dvf = stage["alpha"] * morph + stage["beta"] * bend
+                    if fit is not None:
+                        loss_dvf = loss_dvf + joint_fit_weight * fit
+                        totals["fit"] = totals.get("fit", 0.0) + float(fit.detach()) / accumulation
+                    (loss_dvf / accumulation).backward()
                 totals["morph"] = totals.get("morph", 0.0) + float(morph.detach()) / accumulation
                 totals["bend"] = totals.get("bend", 0.0) + float(bend.detach()) / accumulation
                 totals["|dvf|"] = float(dvf.detach().abs().max())
