@@ -14,9 +14,11 @@ pre-fit's 1e-2 / 1e-3 undid it (0.14 voxel RMS at 30), at 1e-3 / 1e-4 they kept 
 Which latents (``ldm.basis_prefit_samples``): at generation the decoder reads latents drawn by the UNet, not
 encoded ones. A basis fitted (as above) to the 120 encoded training latents beat the template at every age on
 held-out *encoded* latents, but on latents drawn by a trained default UNet (4 per age, DDIM 10 steps) it lost
-CSF Dice at 85 and was 0.10 voxel RMS from the target at 30 (CSF 0.910; template 0.942). Fitted to 2 drawn
-latents per training subject alone it lost 2 ages on each Dice; fitted to both (encoded + 2 drawn per
-subject) it beat the template at every age on both Dice on the held-out drawn latents, 0.05 voxel RMS at 30.
+CSF Dice at 30 (0.910; template 0.942) and was 0.10 voxel RMS from the target there. Fitted to 2 drawn
+latents per training subject alone it lost 2 ages on ventricle Dice and 1 on CSF; fitted to both (encoded + 2
+drawn per subject) it beat the template at every age on both Dice on the held-out drawn latents, 0.05 voxel RMS
+at 30. In the full ``ldm`` stage the whole-decoder steps after the pre-fit undid that gain (``README.md``, "Known
+limits"), so ``default`` leaves it off.
 
 With a diffeomorphic decoder the basis holds a velocity: the targets become velocities by
 :func:`diffdef.geometry.svf.svf_log` on the basis grid (4 fixed-point iterations: 0.04 voxel RMS from the
