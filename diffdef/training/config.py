@@ -109,7 +109,7 @@ def preset_config(name: str) -> dict[str, Any]:
         cfg["ae"].update(steps=200, batch_size=2, patch_size=[48, 48, 48], adv_start=150)
         cfg["reg"].update(steps=1200, batch_size=2, synthetic_fields=32, lr_schedule="cosine")
         cfg["ldm"].update(unet_steps=600, joint_steps=90, batch_size=16, sample_steps=10, neighbours=3, lr=5e-4,
-                          dvf_lr=3e-5, decoder_warmup_steps=250, basis_rank=4, diffeomorphic=True,
+                          dvf_lr=0.0, decoder_warmup_steps=250, basis_rank=4, diffeomorphic=True,
                           warmup_targets="exact", basis_lr=1e-3, basis_coef_lr=1e-4, integration_down=2,
                           reg_bias_correction=True, basis_prefit_steps=1500)
     elif name == "tiny":
