@@ -238,9 +238,7 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         morph = residual.pow(2).sum(1).mean()  # mean squared displacement, voxels^2
         fit = None
         if joint_fit_weight:  # the same sampled latent's DVF against the exact target of its condition, voxels^2
-            weights = neighbour_weights(conditions, target[0], stage["neighbour_sigma"]).cpu()
-            exact = torch.einsum("m,mcdhw->cdhw", weights, exact_bank())[None].to(device)
-            fit = (dvf - exact).pow(2).sum(1).mean()
+            fit = (dvf - exact_target(target[0])).pow(2).sum(1).mean()
         return morph, bending_energy(dvf), fit, dvf
 
     warmup_targets = stage["warmup_targets"]
@@ -256,6 +254,12 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
             bank.append(registration_fields(reg, template, data.images, device, bias_correction=bias_correction))
         return bank[0]
 
+    def exact_target(condition: torch.Tensor) -> torch.Tensor:
+        # The Gaussian-weighted mean over the training subjects around ``condition`` (K,) of the bank's fields:
+        # (1, 3, D, H, W) voxels, on the device.
+        weights = neighbour_weights(conditions, condition, stage["neighbour_sigma"]).cpu()
+        return torch.einsum("m,mcdhw->cdhw", weights, exact_bank())[None].to(device)
+
     def warmup_loss(generator: torch.Generator) -> torch.Tensor:
         # The latent of subject i; the target is the Gaussian-weighted mean, over the neighbourhood of i's
         # condition, of the frozen registration network's template -> subject fields: exactly (``exact``, every
@@ -263,8 +267,7 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         # That is (to first order) the minimiser of L_morph: the atlas of c_i, not subject i's own anatomy.
         i = sample_indices(len(data), 1, generator)
         if warmup_targets == "exact":
-            weights = neighbour_weights(conditions, conditions[i[0]], stage["neighbour_sigma"]).cpu()
-            target = torch.einsum("m,mcdhw->cdhw", weights, exact_bank())[None].to(device)
+            target = exact_target(conditions[i[0]])
         else:
             j = draw_neighbours(conditions, conditions[i[0]], stage["neighbour_sigma"], int(stage["neighbours"]),
                                 generator)
