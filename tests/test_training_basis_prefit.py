@@ -64,5 +64,29 @@ def test_prefit_recovers_a_field_model_of_the_latent():
     assert error < 0.02 * start
     assert all(p.grad is None for p in basis.parameters())  # nothing left for the stage's optimiser
     torch.testing.assert_close(fits[0], fits[1])  # same seed, same fit
-    with pytest.raises(ValueError, match="40 latents but 39 targets"):
+    with pytest.raises(ValueError, match="40 latents is not a multiple of 39 targets"):
         prefit_field_basis(FieldBasis(cfg), latents, targets[:39], 1, 1, 1e-2, 1e-2, torch.Generator())
+
+
+def test_prefit_pairs_latent_row_j_with_target_j_mod_m():
+    # Two latents per subject (the second a small perturbation, as a drawn latent of the same condition) share
+    # one target row each: the fit must pair row j with target j mod M. Pairing them any other way (j // 2, or a
+    # shuffled half) asks one linear model for two unrelated fields per latent and cannot get near the truth.
+    g = torch.Generator().manual_seed(4)
+    cfg = FieldBasisConfig(rank=2, latent_channels=2, latent_shape=(2, 3, 2), basis_shape=(4, 6, 4))
+    truth = FieldBasis(cfg)
+    with torch.no_grad():
+        truth.fields.copy_(torch.randn(truth.fields.shape, generator=g))
+        truth.coefficients.weight.copy_(0.3 * torch.randn(truth.coefficients.weight.shape, generator=g))
+    latents = torch.randn(40, 2, 2, 3, 2, generator=g)
+    with torch.no_grad():
+        targets = truth.coarse(latents)  # (40, ...): one per subject
+    inputs = torch.cat([latents, latents + 0.01 * torch.randn(latents.shape, generator=g)])  # (80, ...)
+    torch.manual_seed(3)
+    basis = FieldBasis(cfg)
+    error = prefit_field_basis(basis, inputs, targets, steps=400, batch=8, lr_fields=3e-2, lr_coefficients=3e-2,
+                               generator=torch.Generator().manual_seed(5))
+    assert error < 0.02 * float(targets.pow(2).sum(1).mean())
+    with torch.no_grad():  # and the second copy is read like the first
+        second = basis.coarse(inputs[40:])
+    assert float((second - targets).pow(2).sum(1).mean()) < 0.02 * float(targets.pow(2).sum(1).mean())

@@ -65,29 +65,35 @@ def basis_grid_targets(bank: torch.Tensor, weights: torch.Tensor, basis_shape: t
 
 def prefit_field_basis(basis: FieldBasis, latents: torch.Tensor, targets: torch.Tensor, steps: int, batch: int,
                        lr_fields: float, lr_coefficients: float, generator: torch.Generator) -> float:
-    """Fit ``basis.coarse(latents[i]) ~ targets[i]`` by Adam on random batches (mean squared end-point error).
+    """Fit ``basis.coarse(latents[j]) ~ targets[j mod M]`` by Adam on random batches (mean squared end-point
+    error).
 
     Args:
-        latents: (M, C, d, h, w) the decoder's inputs (as the decoder sees them). targets: (M, 3, d', h', w') from
-            :func:`basis_grid_targets`. steps, batch: Adam steps and subjects per step (drawn with replacement).
+        latents: (L, C, d, h, w) the decoder's inputs (as the decoder sees them), L a multiple of M: row j belongs
+            to subject j mod M (the encoded latents, then K drawn ones per subject, share targets without copies).
+        targets: (M, 3, d', h', w') from :func:`basis_grid_targets`.
+        steps, batch: Adam steps and latents per step (drawn with replacement).
         lr_fields, lr_coefficients: Adam rates of the basis fields and of the coefficient read-out.
         generator: the only source of randomness (same seed, same fit).
     Returns:
         the final mean squared error over all M subjects, voxels^2.
     """
-    if latents.shape[0] != targets.shape[0]:
-        raise ValueError(f"{latents.shape[0]} latents but {targets.shape[0]} targets")
+    if len(targets) == 0 or latents.shape[0] % targets.shape[0]:
+        raise ValueError(f"{latents.shape[0]} latents is not a multiple of {targets.shape[0]} targets")
     device = basis.fields.device
     optimiser = torch.optim.Adam([{"params": [basis.fields], "lr": lr_fields},
                                   {"params": basis.coefficients.parameters(), "lr": lr_coefficients}])
     for _ in range(int(steps)):
         idx = torch.randint(0, len(latents), (int(batch),), generator=generator)
-        loss = (basis.coarse(latents[idx].to(device)) - targets[idx].to(device)).pow(2).sum(1).mean()
+        loss = (basis.coarse(latents[idx].to(device)) - targets[idx % len(targets)].to(device)).pow(2).sum(1).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
     optimiser.zero_grad(set_to_none=True)  # leave no gradient behind for the stage's own optimiser
+    error = 0.0
     with torch.no_grad():
-        error = sum(float((basis.coarse(latents[k:k + 16].to(device)) - targets[k:k + 16].to(device))
-                          .pow(2).sum(1).mean()) * len(latents[k:k + 16]) for k in range(0, len(latents), 16))
+        for k in range(0, len(latents), 16):
+            rows = torch.arange(k, min(k + 16, len(latents)))
+            residual = basis.coarse(latents[rows].to(device)) - targets[rows % len(targets)].to(device)
+            error += float(residual.pow(2).sum(1).mean()) * len(rows)
     return error / len(latents)

@@ -297,7 +297,6 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         generator = torch.Generator().manual_seed(step_seed(int(cfg["seed"]), "ldm-basis-prefit", warmup_start, 0))
         drawn = draw_condition_latents(generator)
         inputs = torch.cat([latents, drawn]) / latent_scale  # row j's target is subject (j mod N)'s
-        targets = targets.repeat(len(inputs) // len(latents), 1, 1, 1, 1)
         error = prefit_field_basis(decoder.basis, inputs, targets, prefit_steps,
                                    int(stage["basis_prefit_batch"]), stage["basis_prefit_lr"],
                                    stage["basis_prefit_coef_lr"], generator)
