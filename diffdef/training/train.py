@@ -60,7 +60,8 @@ def _load_reg(out_dir: Path, cfg: dict[str, Any]) -> torch.nn.Module:
 def _run_one(stage: str, cfg: dict[str, Any], data: TrainingData, out_dir: Path, ctx: DistContext) -> None:
     from diffdef.training.stage_ae import build_ae_stage
     from diffdef.training.stage_ldm import build_ldm_stage
-    from diffdef.training.stage_reg import build_reg_stage
+    from diffdef.training.stage_reg import build_reg_stage, check_registration
+    from diffdef.template import load_template
 
     run_cfg = cfg["run"]
     # Initial weights come from the seed too (DDP then broadcasts rank 0's copy to every rank).
@@ -75,6 +76,7 @@ def _run_one(stage: str, cfg: dict[str, Any], data: TrainingData, out_dir: Path,
         run_stage(run, out_dir, cfg["seed"], config_hash(cfg, "reg"), run_cfg["checkpoint_every"], ctx)
         if ctx.is_main:
             save_module(out_dir, "registration", reg, cfg["models"]["registration"])
+            check_registration(reg, load_template(data.grid), ctx.device)
     elif stage == "ldm":
         ae, reg = _load_ae(out_dir, cfg).to(ctx.device), _load_reg(out_dir, cfg).to(ctx.device)
         from diffdef.training.stage_ldm import denoiser_config
