@@ -15,6 +15,7 @@ def test_presets_differ_in_grid_and_budget():
     # the drawn-latent pre-fit and the joint-phase fit term: exercised by tiny, off in default and paper
     assert tiny["ldm"]["basis_prefit_samples"] and tiny["ldm"]["joint_fit_weight"]
     assert not (default["ldm"]["basis_prefit_samples"] or default["ldm"]["joint_fit_weight"])
+    assert default["seed"] == 1 and default["data"]["synthetic_seed"] == 0  # the cohort stays the same
     assert not (paper["ldm"]["basis_prefit_samples"] or paper["ldm"]["joint_fit_weight"])
     with pytest.raises(ValueError, match="unknown preset"):
         preset_config("huge")

@@ -105,6 +105,9 @@ def preset_config(name: str) -> dict[str, Any]:
     cfg["models"] = _models(name)
     if name == "default":
         # Budget: `diffdef-train all` in <= 30 min on a 2-core CPU (measured; see README "Measured").
+        # seed 1: with seed 0 the registration stage ended with a network that barely registers on a 2-core Xeon
+        # with AVX-512/AMX (2026-12-01; README "Known limits"), though not on the machine measured before.
+        cfg["seed"] = 1
         cfg["data"].update(n_subjects=120)
         cfg["ae"].update(steps=200, batch_size=2, patch_size=[48, 48, 48], adv_start=150)
         cfg["reg"].update(steps=1200, batch_size=2, synthetic_fields=32, lr_schedule="cosine")
