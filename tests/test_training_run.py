@@ -33,7 +33,16 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_run")
     result = _train(out, "all")
     assert result.returncode == 0, result.stderr[-3000:]
+    (out / "train.stderr").write_text(result.stderr)
     return out
+
+
+def test_registration_network_is_checked_after_its_stage(tiny_run):
+    # diffdef-train scores the network on held-out known-field pairs; the tiny one (6 steps) does not register,
+    # so it is also warned about.
+    stderr = (tiny_run / "train.stderr").read_text()
+    assert "registration network on held-out known-field pairs: end-point error" in stderr
+    assert "the registration network barely registers" in stderr
 
 
 def test_all_stages_write_strict_checkpoints(tiny_run):

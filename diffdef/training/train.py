@@ -76,7 +76,9 @@ def _run_one(stage: str, cfg: dict[str, Any], data: TrainingData, out_dir: Path,
         run_stage(run, out_dir, cfg["seed"], config_hash(cfg, "reg"), run_cfg["checkpoint_every"], ctx)
         if ctx.is_main:
             save_module(out_dir, "registration", reg, cfg["models"]["registration"])
-            check_registration(reg, load_template(data.grid), ctx.device)
+            # as many held-out fields as the training bank has, up to the 8 the threshold was measured with
+            held_out = max(1, min(8, int(cfg["reg"]["synthetic_fields"]) or 8))
+            check_registration(reg, load_template(data.grid), ctx.device, n_fields=held_out, pairs=2 * held_out)
     elif stage == "ldm":
         ae, reg = _load_ae(out_dir, cfg).to(ctx.device), _load_reg(out_dir, cfg).to(ctx.device)
         from diffdef.training.stage_ldm import denoiser_config
