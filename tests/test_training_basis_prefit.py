@@ -43,8 +43,8 @@ def test_velocity_targets_integrate_back_to_the_displacement():
     assert rms(velocity - displacement) > 3 * error  # and differs from u: a real correction
 
 
-def test_prefit_recovers_a_field_model_of_the_latent():
-    g = torch.Generator().manual_seed(2)
+def _random_field_model(g: torch.Generator):
+    """A random rank-2 basis (the truth), 40 latents and their exact targets: (config, latents, targets)."""
     cfg = FieldBasisConfig(rank=2, latent_channels=2, latent_shape=(2, 3, 2), basis_shape=(4, 6, 4))
     truth = FieldBasis(cfg)
     with torch.no_grad():
@@ -52,7 +52,11 @@ def test_prefit_recovers_a_field_model_of_the_latent():
         truth.coefficients.weight.copy_(0.3 * torch.randn(truth.coefficients.weight.shape, generator=g))
     latents = torch.randn(40, 2, 2, 3, 2, generator=g)
     with torch.no_grad():
-        targets = truth.coarse(latents)
+        return cfg, latents, truth.coarse(latents)
+
+
+def test_prefit_recovers_a_field_model_of_the_latent():
+    cfg, latents, targets = _random_field_model(torch.Generator().manual_seed(2))
     start = float(targets.pow(2).sum(1).mean())  # the error of a fresh (all-zero) basis
     fits = []
     for _ in range(2):
@@ -73,14 +77,7 @@ def test_prefit_pairs_latent_row_j_with_target_j_mod_m():
     # one target row each: the fit must pair row j with target j mod M. Pairing them any other way (j // 2, or a
     # shuffled half) asks one linear model for two unrelated fields per latent and cannot get near the truth.
     g = torch.Generator().manual_seed(4)
-    cfg = FieldBasisConfig(rank=2, latent_channels=2, latent_shape=(2, 3, 2), basis_shape=(4, 6, 4))
-    truth = FieldBasis(cfg)
-    with torch.no_grad():
-        truth.fields.copy_(torch.randn(truth.fields.shape, generator=g))
-        truth.coefficients.weight.copy_(0.3 * torch.randn(truth.coefficients.weight.shape, generator=g))
-    latents = torch.randn(40, 2, 2, 3, 2, generator=g)
-    with torch.no_grad():
-        targets = truth.coarse(latents)  # (40, ...): one per subject
+    cfg, latents, targets = _random_field_model(g)  # targets (40, ...): one per subject
     inputs = torch.cat([latents, latents + 0.01 * torch.randn(latents.shape, generator=g)])  # (80, ...)
     torch.manual_seed(3)
     basis = FieldBasis(cfg)
