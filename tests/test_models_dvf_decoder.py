@@ -132,3 +132,48 @@ def test_integration_on_a_coarser_grid():
         torch.testing.assert_close(dec(z), integrate_on_coarse_grid(dec.raw_field(z), 7, 2))
     with pytest.raises(ValueError, match="integration_down"):
         DVFDecoderConfig(integration_down=0)
+
+
+def _decoder_with_basis(seed: int = 2) -> DVFDecoder:
+    from diffdef.models.field_basis import FieldBasisConfig
+
+    basis = FieldBasisConfig(rank=2, latent_channels=3, latent_shape=(4, 3, 4), basis_shape=(16, 12, 16))
+    dec = DVFDecoder.from_autoencoder(_ae(), DVFDecoderConfig(autoencoder=autoencoder_preset("tiny"),
+                                                             diffeomorphic=True, basis=basis))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        dec.basis.fields.normal_(0.0, 0.5)
+    return dec
+
+
+def test_frozen_zero_head_skips_the_decoder_with_the_same_field():
+    dec = _decoder_with_basis()
+    full = dec(_z())
+    assert not dec.head_is_frozen_at_zero()  # trainable head: the decoder's pass runs
+    dec.freeze_decoder()
+    assert dec.head_is_frozen_at_zero()
+    assert all(not p.requires_grad for p in dec.parameter_groups()["decoder"])
+    assert all(p.requires_grad for p in dec.parameter_groups()["basis_fields"] + dec.parameter_groups()["basis_coefficients"])
+    calls = []
+    handle = dec.decoder.register_forward_hook(lambda *_: calls.append(1))
+    skipped = dec(_z())
+    assert not calls  # the AE decoder did not run
+    assert skipped.shape == full.shape == (2, 3, 32, 24, 32)
+    assert torch.equal(skipped, full) and full.abs().max() > 0.1
+    skipped.pow(2).sum().backward()  # the basis still gets its gradient
+    assert dec.basis.fields.grad.abs().sum() > 0
+
+    with torch.no_grad():  # a frozen but non-zero head: the decoder's pass is needed again
+        dec.head.conv.bias.fill_(0.25)
+    assert not dec.head_is_frozen_at_zero()
+    with_head = dec(_z())
+    handle.remove()
+    assert calls and torch.allclose(with_head, dec(_z()))
+    assert not torch.allclose(with_head, full, atol=1e-3)
+
+
+def test_frozen_zero_head_without_a_basis_is_the_identity():
+    dec = DVFDecoder.from_autoencoder(_ae(), DVFDecoderConfig(autoencoder=autoencoder_preset("tiny")))
+    dec.freeze_decoder()
+    dvf = dec(_z())
+    assert dvf.shape == (2, 3, 32, 24, 32) and torch.equal(dvf, torch.zeros_like(dvf))

@@ -142,3 +142,24 @@ def test_joint_fit_term_anchors_the_decoder_to_the_exact_target():
     assert "fit" not in plain.step_fn(cfg["ldm"]["unet_steps"], torch.Generator().manual_seed(3))  # off by default
     with pytest.raises(ValueError, match="joint_fit_weight"):
         _tiny_ldm_stage({"joint_fit_weight": 1.0, "warmup_targets": "sampled", "basis_prefit_steps": 0})
+
+
+def test_zero_decoder_rate_freezes_the_copied_decoder_and_trains_the_basis():
+    run, cfg, _, _ = _tiny_ldm_stage({"dvf_lr": 0.0})
+    decoder = run.modules["dvf_decoder"]
+    before = {k: v.clone() for k, v in decoder.state_dict().items()}
+    assert decoder.head_is_frozen_at_zero()
+    generator = torch.Generator().manual_seed(0)
+    for step in range(run.total_steps):
+        run.step_fn(step, generator)
+    after = decoder.state_dict()
+    frozen = {n for n, p in decoder.named_parameters() if not n.startswith("basis.")}
+    assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
+    assert all(p.grad is None for n, p in decoder.named_parameters() if n in frozen)
+    assert not torch.equal(before["basis.fields"], after["basis.fields"])
+    assert decoder.head_is_frozen_at_zero()
+
+
+def test_zero_decoder_rate_without_a_basis_is_refused():
+    with pytest.raises(ValueError, match="dvf_lr=0.*basis_rank=0"):
+        _tiny_ldm_stage({"dvf_lr": 0.0, "basis_rank": 0, "basis_prefit_steps": 0})

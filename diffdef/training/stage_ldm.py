@@ -37,7 +37,8 @@ anchors the decoder to the target while L_morph refines it; measured reason in `
 
 The DVF decoder's optimiser has one group per part (``DVFDecoder.parameter_groups``): the copied AE decoder and
 head (``dvf_lr``), the field basis's fields (``basis_lr``) and coefficients (``basis_coef_lr``); the schedule
-scales each group's own base rate.
+scales each group's own base rate. ``dvf_lr = 0`` freezes the first group (``DVFDecoder.freeze_decoder``): the same
+weights as a zero rate gives, without computing their gradients.
 """
 
 from __future__ import annotations
@@ -189,6 +190,11 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
     if latent_mean is not None:
         decoder.set_latent_mean(latent_mean)
     decoder = decoder.to(device)
+    if stage["dvf_lr"] == 0:  # frozen, not just unchanged: no gradient computed (DVFDecoder.freeze_decoder)
+        if decoder.basis is None:
+            raise ValueError("ldm.dvf_lr=0 freezes the DVF decoder's copied AE decoder and head; with "
+                             "ldm.basis_rank=0 nothing would be left to train")
+        decoder.freeze_decoder()
     reg = reg.to(device).eval().requires_grad_(False)
     unet_ddp, decoder_ddp = wrap(denoiser, ctx), wrap(decoder, ctx)
     if cfg["run"]["compile"]:
