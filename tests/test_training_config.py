@@ -12,9 +12,12 @@ def test_presets_differ_in_grid_and_budget():
     assert default["schedule"]["prediction_type"] == "v_prediction"
     # the paper's L_morph uses the registration network as is; ours subtracts its identity-pair field
     assert not paper["ldm"]["reg_bias_correction"] and default["ldm"]["reg_bias_correction"]
-    # the drawn-latent pre-fit and the joint-phase fit term: exercised by tiny, off in default and paper
-    assert tiny["ldm"]["basis_prefit_samples"] and tiny["ldm"]["joint_fit_weight"]
-    assert not (default["ldm"]["basis_prefit_samples"] or default["ldm"]["joint_fit_weight"])
+    # the drawn-latent pre-fit: on in tiny and default (at default's last L_diff step, the final UNet drawing), off
+    # in paper; the joint-phase fit term: exercised by tiny only; default has no joint phase, paper the paper's
+    assert tiny["ldm"]["basis_prefit_samples"] and tiny["ldm"]["joint_fit_weight"] and tiny["ldm"]["joint_steps"]
+    assert default["ldm"]["basis_prefit_samples"] == 2 and default["ldm"]["decoder_warmup_steps"] == 1
+    assert default["ldm"]["joint_steps"] == 0 and not default["ldm"]["joint_fit_weight"]
+    assert paper["ldm"]["joint_steps"] == 50_000
     assert default["seed"] == 1 and default["data"]["synthetic_seed"] == 0  # the cohort stays the same
     assert not (paper["ldm"]["basis_prefit_samples"] or paper["ldm"]["joint_fit_weight"])
     with pytest.raises(ValueError, match="unknown preset"):

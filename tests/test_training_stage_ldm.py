@@ -163,3 +163,13 @@ def test_zero_decoder_rate_freezes_the_copied_decoder_and_trains_the_basis():
 def test_zero_decoder_rate_without_a_basis_is_refused():
     with pytest.raises(ValueError, match="dvf_lr=0.*basis_rank=0"):
         _tiny_ldm_stage({"dvf_lr": 0.0, "basis_rank": 0, "basis_prefit_steps": 0})
+
+
+def test_morph_gradient_switch_without_a_joint_phase_warns(caplog):
+    with caplog.at_level("WARNING", logger="diffdef.training.stage_ldm"):
+        _tiny_ldm_stage({"morph_grad_to_unet": True, "joint_steps": 0})
+    assert any("morph_grad_to_unet=true has no effect with ldm.joint_steps=0" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="diffdef.training.stage_ldm"):
+        _tiny_ldm_stage({"morph_grad_to_unet": True})  # tiny has a joint phase: no warning
+    assert not any("morph_grad_to_unet" in r.getMessage() for r in caplog.records)

@@ -181,6 +181,9 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
     """Returns the stage, the (unwrapped) denoiser and DVF decoder it trains, and the latent scale."""
     stage = cfg["ldm"]
     device = ctx.device
+    if stage["morph_grad_to_unet"] and not stage["joint_steps"]:
+        log.warning("ldm.morph_grad_to_unet=true has no effect with ldm.joint_steps=0 (L_morph is computed in the "
+                    "joint phase only; the default preset has none): set ldm.joint_steps > 0 to measure the switch")
     latents, latent_mean, latent_scale = normalise_latents(encode_latents(ae, data.images, device),
                                                            bool(stage["latent_centre"]), stage["latent_scale"])
     log.info("latents %s, centred %s, scale %.4f", tuple(latents.shape[1:]), latent_mean is not None, latent_scale)
