@@ -7,7 +7,8 @@ Two phases in one stage (one step counter, so a killed run resumes in either):
    decoded to a DVF, the template is warped by it, and the frozen registration network registers N
    neighbourhood subjects (drawn with Gaussian weights around c) to that atlas; L_morph is their mean
    squared displacement (voxels^2). With ``morph_grad_to_unet`` the final DDIM step keeps its graph, so
-   L_morph also trains the UNet through the last predicted x0 (measured: no effect in the default preset).
+   L_morph also trains the UNet through the last predicted x0 (measured: no effect; README "Known limits").
+   The ``default`` preset has no joint phase (``joint_steps = 0``; README "Measured" says why).
 
 With ``decoder_warmup_steps`` = W > 0 (not in the paper), the last W steps of phase 1 also fit the DVF decoder,
 from a training image's latent, to the Gaussian-weighted mean of the frozen registration network's template ->
