@@ -173,3 +173,25 @@ def test_morph_gradient_switch_without_a_joint_phase_warns(caplog):
     with caplog.at_level("WARNING", logger="diffdef.training.stage_ldm"):
         _tiny_ldm_stage({"morph_grad_to_unet": True})  # tiny has a joint phase: no warning
     assert not any("morph_grad_to_unet" in r.getMessage() for r in caplog.records)
+
+
+def test_frozen_decoder_trains_the_same_weights_as_a_zero_rate(monkeypatch):
+    # dvf_lr=0 freezes the copied AE decoder and skips its pass; with the freeze disabled the same zero rate leaves
+    # those weights unchanged while the full pass runs: every weight of both modules must come out bit for bit equal
+    from diffdef.models.dvf_decoder import DVFDecoder
+
+    def trained(freeze: bool) -> dict[str, torch.Tensor]:
+        if not freeze:
+            monkeypatch.setattr(DVFDecoder, "freeze_decoder", lambda self: None)
+        run, _, _, _ = _tiny_ldm_stage({"dvf_lr": 0.0})
+        assert run.modules["dvf_decoder"].head_is_frozen_at_zero() == freeze
+        generator = torch.Generator().manual_seed(0)
+        for step in range(run.total_steps):
+            run.step_fn(step, generator)
+        monkeypatch.undo()
+        return {f"{m}.{k}": v.clone() for m, mod in run.modules.items() for k, v in mod.state_dict().items()}
+
+    frozen, zero_rate = trained(True), trained(False)
+    assert frozen.keys() == zero_rate.keys()
+    assert all(torch.equal(frozen[k], zero_rate[k]) for k in frozen)
+    assert not torch.equal(frozen["dvf_decoder.basis.fields"], torch.zeros_like(frozen["dvf_decoder.basis.fields"]))

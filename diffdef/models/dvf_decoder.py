@@ -112,9 +112,9 @@ class DVFDecoder(nn.Module):
         gradient is computed for them. While the head is frozen at its zero initialisation (the ``default``
         preset's ``ldm.dvf_lr=0``) the decoder's output is exactly zero whatever the latent, and
         :meth:`raw_field` skips its full-resolution pass (:meth:`head_is_frozen_at_zero`): the same field, with
-        no pass to run forward or backward. Measured on the default preset's CPU (2 cores, 2 mm grid, one
-        latent): decoder forward + backward 2.3 s with the decoder trainable, 0.8 s frozen, 0 s skipped (its forward
-        alone was 0.56 s)."""
+        no pass to run forward or backward. Measured on a 2-core Xeon (2026-12-01; 2 mm grid, one latent):
+        decoder forward + backward 2.3 s with the decoder trainable, 0.8 s frozen, 0 s skipped (its forward alone
+        was 0.56 s)."""
         for param in self.parameter_groups()["decoder"]:
             param.requires_grad_(False)
 

@@ -113,7 +113,8 @@ def preset_config(name: str) -> dict[str, Any]:
         cfg["reg"].update(steps=1200, batch_size=2, synthetic_fields=32, lr_schedule="cosine")
         # No joint phase: the DVF decoder's basis is pre-fitted at the last L_diff step (decoder_warmup_steps=1)
         # to the exact neighbourhood-mean targets (L_morph's first-order minimiser) from the encoded latents and 2
-        # latents per subject drawn by the final UNet. Measured on 2026-12-02 (README "Measured"): 90 joint steps
+        # latents per subject drawn by the UNet as it is then (599 of 600 steps; only that step's own L_diff update
+        # and one batch-1 warm-up update of the basis at basis_lr / basis_coef_lr follow the pre-fit). Measured on 2026-12-02 (README "Measured"): 90 joint steps
         # after it lost age 30 (ventricle and CSF Dice), both from L_morph on the basis and from the UNet's further
         # L_diff steps moving the drawn latents away from those the basis was fitted to.
         cfg["ldm"].update(unet_steps=600, joint_steps=0, batch_size=16, sample_steps=10, neighbours=3, lr=5e-4,
@@ -127,7 +128,7 @@ def preset_config(name: str) -> dict[str, Any]:
         cfg["ldm"].update(unet_steps=6, joint_steps=4, batch_size=4, neighbours=2, sample_steps=3,
                           decoder_warmup_steps=2, basis_rank=2, warmup_targets="exact",
                           reg_bias_correction=True, basis_prefit_steps=5, basis_prefit_samples=1,
-                          joint_fit_weight=1.0)  # off in default (measured: README "Known limits")
+                          joint_fit_weight=1.0)  # off in default (measured: README "Measured")
         cfg["run"].update(checkpoint_every=2)
     elif name == "paper":
         cfg["data"].update(grid="paper", n_subjects=2000)

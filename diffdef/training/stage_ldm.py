@@ -34,7 +34,7 @@ alone read the sampler's latents wrongly (measured in :mod:`diffdef.training.bas
 With ``joint_fit_weight`` = gamma > 0 (not in the paper; needs exact targets), the joint phase's decoder loss is
 ``alpha * L_morph + beta * bending + gamma * L_fit``, where L_fit compares the DVF already decoded for L_morph (from
 the sampled latent) with the exact neighbourhood-mean target of its condition (the warm-up's loss, voxels^2). It
-anchors the decoder to the target while L_morph refines it; measured reason in ``README.md`` ("Known limits").
+anchors the decoder to the target while L_morph refines it; measured in ``README.md`` ("Measured": it did not help).
 
 The DVF decoder's optimiser has one group per part (``DVFDecoder.parameter_groups``): the copied AE decoder and
 head (``dvf_lr``), the field basis's fields (``basis_lr``) and coefficients (``basis_coef_lr``); the schedule
