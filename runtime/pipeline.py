@@ -96,8 +96,8 @@ def step_noise(seed: int, sample: int, step: int, shape: tuple[int, ...]) -> np.
 
 def generate(engines: Engines, info: ModelInfo, template: TemplateMaps, conditions, *, steps: int = 20,
              sampler: str = "ddim", seed: int = 0, samples: int = 1, guidance: float = 1.0,
-             progress: Callable[[int, int], None] | None = None) -> list[AtlasResult]:
-    """Generate one atlas per condition row, all conditions and samples in one batch.
+             progress: Callable[[int, int], None] | None = None, decode_batch: int = 8) -> list[AtlasResult]:
+    """Generate one atlas per condition row, all conditions and samples denoised in one batch.
 
     Args:
         conditions: what ``ConditionSpec.normalise`` takes, e.g. ``{"age": [60, 70]}``.
@@ -105,9 +105,15 @@ def generate(engines: Engines, info: ModelInfo, template: TemplateMaps, conditio
         samples: K DVFs drawn per condition and averaged (an atlas is a population mean);
         guidance: classifier-free guidance scale (1 = conditional only).
         progress: called as ``progress(done, total)`` after each denoising step.
+        decode_batch: latents per DVF decoder call. The decoder is what needs memory (its activations at full
+            resolution): 12 ages x 16 samples decoded at once on the 2 mm grid were killed for memory on a 24 GiB
+            machine, 6 x 16 peaked at 18 GB; in chunks of 8, 12 x 16 peaked at 2.6 GB (``benchmarks/evaluate_atlases.py
+            --samples 16``, whole process). The per-condition mean is summed over the chunks in sample order.
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    if decode_batch < 1:
+        raise ValueError(f"decode_batch must be >= 1, got {decode_batch}")
     cond = info.conditions.normalise(conditions)  # (M, K), warns outside the trained range
     raw = info.conditions.raw_values(conditions)
     m, k = cond.shape[0], samples
@@ -137,8 +143,14 @@ def generate(engines: Engines, info: ModelInfo, template: TemplateMaps, conditio
     timings["denoise"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
-    dvfs = engines.decode_dvf((latents / info.latent_scale).astype(np.float32))
-    dvf_mean = dvfs.reshape(k, m, *dvfs.shape[1:]).mean(0).astype(np.float32)  # (M, 3, D, H, W)
+    dvf_sum = None  # (M, 3, D, H, W): row r of the batch is sample r // m of condition r % m
+    for start in range(0, n, decode_batch):
+        chunk = engines.decode_dvf((latents[start:start + decode_batch] / info.latent_scale).astype(np.float32))
+        if dvf_sum is None:
+            dvf_sum = np.zeros((m, *chunk.shape[1:]), np.float32)
+        for row, dvf in enumerate(chunk, start):
+            dvf_sum[row % m] += dvf
+    dvf_mean = (dvf_sum / np.float32(k)).astype(np.float32)
     timings["decode"] = time.perf_counter() - tic
 
     tic = time.perf_counter()

@@ -122,6 +122,24 @@ def test_samples_average_the_per_sample_dvfs():
         np.testing.assert_array_equal(one[i].dvf, decoded[i])
 
 
+def test_decoding_in_chunks_gives_the_same_atlases():
+    template = _template()
+    conditions = {"age": [50, 60, 75], "sex": ["M", "F", "F"]}
+    whole_engines, chunked_engines = FakeEngines(), FakeEngines()
+    whole = generate(whole_engines, INFO, template, conditions, steps=4, seed=2, samples=3, decode_batch=9)
+    chunked = generate(chunked_engines, INFO, template, conditions, steps=4, seed=2, samples=3, decode_batch=2)
+    assert [len(d) for d in whole_engines.decoded] == [9]
+    assert [len(d) for d in chunked_engines.decoded] == [2, 2, 2, 2, 1]  # 9 latents, the last chunk short
+    np.testing.assert_array_equal(np.concatenate(chunked_engines.decoded), whole_engines.decoded[0])
+    for a, b in zip(whole, chunked):
+        np.testing.assert_allclose(a.dvf, b.dvf, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(a.atlas, b.atlas, rtol=0, atol=1e-5)
+        assert a.ventricle_volume_ml == pytest.approx(b.ventricle_volume_ml, rel=1e-6)
+    assert np.abs(whole[0].dvf - whole[2].dvf).max() > 1e-3  # the conditions' atlases differ: rows were not mixed
+    with pytest.raises(ValueError, match="decode_batch"):
+        generate(FakeEngines(), INFO, template, conditions, steps=2, decode_batch=0)
+
+
 def test_guidance_doubles_the_denoiser_batch():
     template = _template()
     plain, cfg = FakeEngines(), FakeEngines()
