@@ -102,11 +102,6 @@ class DVFDecoder(nn.Module):
         """The 3-channel output conv (last block of the decoder)."""
         return self.decoder.blocks[-1]
 
-    @property
-    def upsampling(self) -> int:
-        """Output voxels per latent voxel along each axis (2 per up-sampling level of the autoencoder)."""
-        return 2 ** (len(self.config.autoencoder.channels) - 1)
-
     def freeze_decoder(self) -> None:
         """Freeze the copied AE decoder and its head (the ``"decoder"`` group of :meth:`parameter_groups`): no
         gradient is computed for them. While the head is frozen at its zero initialisation (the ``default``
@@ -170,7 +165,7 @@ class DVFDecoder(nn.Module):
 
         The basis reads ``z`` as given (centred when centring is on)."""
         if self.head_is_frozen_at_zero():  # its output is exactly zero: skip the full-resolution pass
-            size = tuple(n * self.upsampling for n in z.shape[2:])
+            size = tuple(n * self.config.autoencoder.downsample_factor for n in z.shape[2:])
             if self.basis is None:
                 return z.new_zeros((z.shape[0], 3, *size))
             return self.basis(z, size)

@@ -114,9 +114,10 @@ def preset_config(name: str) -> dict[str, Any]:
         # No joint phase: the DVF decoder's basis is pre-fitted at the last L_diff step (decoder_warmup_steps=1)
         # to the exact neighbourhood-mean targets (L_morph's first-order minimiser) from the encoded latents and 2
         # latents per subject drawn by the UNet as it is then (599 of 600 steps; only that step's own L_diff update
-        # and one batch-1 warm-up update of the basis at basis_lr / basis_coef_lr follow the pre-fit). Measured on 2026-12-02 (README "Measured"): 90 joint steps
-        # after it lost age 30 (ventricle and CSF Dice), both from L_morph on the basis and from the UNet's further
-        # L_diff steps moving the drawn latents away from those the basis was fitted to.
+        # and one batch-1 warm-up update of the basis at basis_lr / basis_coef_lr follow the pre-fit). Measured on
+        # 2026-12-02 (README "Measured"): 90 joint steps after it lost age 30 (ventricle and CSF Dice), both from
+        # L_morph on the basis and from the UNet's further L_diff steps moving the drawn latents away from those
+        # the basis was fitted to.
         cfg["ldm"].update(unet_steps=600, joint_steps=0, batch_size=16, sample_steps=10, neighbours=3, lr=5e-4,
                           dvf_lr=0.0, decoder_warmup_steps=1, basis_rank=4, diffeomorphic=True,
                           warmup_targets="exact", basis_lr=1e-3, basis_coef_lr=1e-4, integration_down=2,
