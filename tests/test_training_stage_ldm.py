@@ -56,6 +56,26 @@ def test_registration_fields_less_the_identity_bias():
     torch.testing.assert_close(corrected, truth)
 
 
+def test_registration_fields_refined_per_subject_after_the_bias_correction():
+    from diffdef.training.refine_fields import RefineSettings, refine_fields
+
+    shape = (4, 6, 4)
+    reg = _BiasedRegistration(shape)
+    g = torch.Generator().manual_seed(1)
+    template, images = torch.rand(1, 1, *shape, generator=g), torch.rand(5, 1, *shape, generator=g)
+    settings = RefineSettings(steps=3, down=1)  # the 4 x 6 x 4 grid is too small to coarsen
+    corrected = registration_fields(reg, template, images, torch.device("cpu"), chunk=2, bias_correction=True)
+    refined = registration_fields(reg, template, images, torch.device("cpu"), chunk=5, bias_correction=True,
+                                  refine=settings)
+    # one chunk: exactly the corrected bank, refined (with smaller chunks the losses' batch means rescale the
+    # gradients, which Adam undoes up to its epsilon)
+    torch.testing.assert_close(refined, refine_fields(template, images, corrected, settings), atol=1e-6, rtol=0)
+    assert float((refined - corrected).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="reg_refine_steps.*exact"):
+        _tiny_ldm_stage({"reg_refine_steps": 2, "warmup_targets": "sampled", "basis_prefit_steps": 0,
+                         "joint_fit_weight": 0.0})
+
+
 def test_morphology_residual_is_zero_for_the_atlas_itself_only_when_corrected():
     shape = (4, 6, 4)
     reg = _BiasedRegistration(shape)

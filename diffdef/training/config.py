@@ -72,6 +72,12 @@ def _base() -> dict[str, Any]:
             "warmup_targets": "sampled",  # "exact": every subject's field held in memory; "sampled": N per step
             # registration fields relative to the network's field for an identical pair (stage_ldm.identity_bias)
             "reg_bias_correction": False,
+            # refine each field of the exact bank by image matching on the grid / reg_refine_down
+            # (training/refine_fields.py; measured, not adopted: README "Known limits")
+            "reg_refine_steps": 0,
+            "reg_refine_lr": 0.05,
+            "reg_refine_smooth_weight": 0.1,
+            "reg_refine_down": 2,
             "diffeomorphic": False,
             # Low-rank field basis in the DVF decoder (not in the paper; diffdef/models/field_basis.py says why):
             # K coefficients read from the latent, basis fields on the image grid / basis_down, own learning rates

@@ -24,6 +24,10 @@ the frozen network returns for an identical pair: warm-up targets ``reg(T, S) - 
 ``reg(S, A) - reg(A, A)``. A perfect network returns zero there; the ``default`` network does not, and that
 offset, not sampling noise, is what made the L_morph target miss at young ages (:func:`identity_bias` says how much).
 
+With ``reg_refine_steps`` > 0 (not in the paper; needs exact targets; off in every preset), every field of the
+exact bank is refined per subject by image matching before targets are taken from it
+(:mod:`diffdef.training.refine_fields`; measured in ``README.md``, "Known limits").
+
 With ``basis_prefit_steps`` > 0 (not in the paper; needs exact targets), the first warm-up step first fits the
 decoder's field basis alone to the same targets on its own coarse grid, many cheap batched steps at its own rates
 (:mod:`diffdef.training.basis_prefit` says why and what it measured). With ``basis_prefit_samples`` = K > 0 the fit
@@ -61,6 +65,7 @@ from diffdef.training.data import TrainingData, draw_neighbours, neighbour_weigh
 from diffdef.training.basis_prefit import basis_grid_targets, prefit_field_basis
 from diffdef.training.distributed import DistContext, broadcast_parameters, no_sync, wrap
 from diffdef.training.loop import StageRun, step_seed
+from diffdef.training.refine_fields import RefineSettings, refine_fields
 from diffdef.training.lr_schedule import decayed_lr
 from diffdef_runtime.schedulers import DDIMSampler, ScheduleConfig, add_noise, noise_coefficients, training_target
 
@@ -149,9 +154,11 @@ def morphology_residual(reg: torch.nn.Module, moving: torch.Tensor, atlas: torch
 
 @torch.no_grad()
 def registration_fields(reg: torch.nn.Module, template: torch.Tensor, images: torch.Tensor, device: torch.device,
-                        chunk: int = 4, bias_correction: bool = False) -> torch.Tensor:
+                        chunk: int = 4, bias_correction: bool = False,
+                        refine: RefineSettings | None = None) -> torch.Tensor:
     """The frozen registration network's template -> subject field of every training image (less
-    ``reg(template, template)`` with ``bias_correction``, :func:`identity_bias`): (M, 3, D, H, W)
+    ``reg(template, template)`` with ``bias_correction``, :func:`identity_bias`; then refined per subject with
+    ``refine``, :func:`diffdef.training.refine_fields.refine_fields`, ``ldm.reg_refine_steps``): (M, 3, D, H, W)
     float32 voxels on the CPU (``ldm.warmup_targets = "exact"``; 1.0 GB for 120 subjects on the 2 mm grid, held
     by every DDP process; about 20 s on 2 CPU cores). The stage builds it at its first warm-up step, so a run
     resumed past the warm-up never does.
@@ -163,11 +170,14 @@ def registration_fields(reg: torch.nn.Module, template: torch.Tensor, images: to
     if gb > EXACT_TARGETS_MAX_GB:
         raise ValueError(f"ldm.warmup_targets='exact' would hold {gb:.1f} GB of registration fields for "
                          f"{images.shape[0]} images (limit {EXACT_TARGETS_MAX_GB:g} GB); use 'sampled'")
-    bias = identity_bias(reg, template).float().cpu() if bias_correction else 0.0
+    bias = identity_bias(reg, template).float() if bias_correction else 0.0
     out = []
     for k in range(0, len(images), chunk):
         moving = images[k:k + chunk].to(device)
-        out.append(reg(template.expand(len(moving), -1, -1, -1, -1), moving).float().cpu() - bias)
+        fields = reg(template.expand(len(moving), -1, -1, -1, -1), moving).float() - bias
+        if refine is not None:
+            fields = refine_fields(template, moving, fields, refine)
+        out.append(fields.cpu())
     return torch.cat(out)
 
 
@@ -258,10 +268,16 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
     if joint_fit_weight and warmup_targets != "exact":
         raise ValueError("ldm.joint_fit_weight > 0 needs ldm.warmup_targets='exact' (the field bank)")
     bank: list[torch.Tensor] = []  # the exact targets' field bank, built at the first warm-up step that needs it
+    refine = RefineSettings(steps=int(stage["reg_refine_steps"]), lr=float(stage["reg_refine_lr"]),
+                            smooth_weight=float(stage["reg_refine_smooth_weight"]), down=int(stage["reg_refine_down"]))
+    if refine.steps and warmup_targets != "exact":
+        raise ValueError("ldm.reg_refine_steps > 0 refines the exact targets' field bank: it needs "
+                         "ldm.warmup_targets='exact'")
 
     def exact_bank() -> torch.Tensor:
         if not bank:
-            bank.append(registration_fields(reg, template, data.images, device, bias_correction=bias_correction))
+            bank.append(registration_fields(reg, template, data.images, device, bias_correction=bias_correction,
+                                            refine=refine))
         return bank[0]
 
     def exact_target(condition: torch.Tensor) -> torch.Tensor:
