@@ -189,9 +189,12 @@ def test_model_checks_run_on_a_trained_checkpoint(tiny_run):
     assert abs(error - corrected) <= bias + 2e-3
     landscape, mean_table = result.output.split("atlas L_morph aims at")
     assert len(re.findall(r"^\s+(30|70) \|", landscape, flags=re.M)) == 2  # landscape rows
-    mean_rows = re.findall(r"^\s+(30|80) \|\s*[\d.]+/\s*([\d.]+) \|\s+([\d.]+) \|", mean_table, flags=re.M)
-    assert [r[0] for r in mean_rows] == ["30", "80"]  # check 3: one scored row per age
+    # check 3: one scored row per age; volumes as is / less the identity-pair field / from the true fields
+    mean_rows = re.findall(r"^\s+(30|80) \|\s*[\d.]+/\s*[\d.]+/\s*([\d.]+) \|\s+([\d.]+) \|", mean_table,
+                           flags=re.M)
+    assert [r[0] for r in mean_rows] == ["30", "80"]
     assert float(mean_rows[1][2]) > 2 * float(mean_rows[0][2])  # true ventricles grow from 30 to 80
-    for name in ("as is", "less the identity-pair field"):
+    assert float(mean_rows[1][1]) > 1.5 * float(mean_rows[0][1])  # so does the mean of the subjects' true fields
+    for name in ("as is", "less the identity-pair field", "true fields \\(no network\\)"):
         assert re.search(rf"{name}: beats the template on ventricle Dice at \d/2 ages, on CSF Dice at \d/2",
                          result.output)
