@@ -35,6 +35,17 @@ def test_refinement_recovers_a_known_field_from_a_poor_start(template):
     assert image_error(refined) < 0.5 * image_error(start)
 
 
+def test_a_field_that_already_matches_stays_in_its_units(template):
+    # pooled to the coarse grid (values / down) and upsampled back (values x down): a smooth field that already
+    # explains the subject comes back as itself; a missing or doubled unit conversion would halve or double it
+    truth = _smooth_field(template.shape[2:], 1.5, 1)
+    subject = warp_image(template, truth)
+    brain = template[0, 0] > 0.1
+    refined = refine_fields(template, subject, truth, RefineSettings(steps=1, lr=1e-4, down=2))
+    assert float((refined - truth).norm(dim=1)[0][brain].mean()) < 0.1  # measured 0.047 (pooling); 0.53 without / down
+    assert float(truth.norm(dim=1)[0][brain].mean()) > 0.3
+
+
 def test_a_gain_alone_does_not_move_the_field(template):
     # the right field is zero; only the intensity differs (gain 1.1): the normalised loss has nothing to fix
     subject = 1.1 * template.expand(2, -1, -1, -1, -1)

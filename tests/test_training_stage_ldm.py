@@ -74,6 +74,19 @@ def test_registration_fields_refined_per_subject_after_the_bias_correction():
     with pytest.raises(ValueError, match="reg_refine_steps.*exact"):
         _tiny_ldm_stage({"reg_refine_steps": 2, "warmup_targets": "sampled", "basis_prefit_steps": 0,
                          "joint_fit_weight": 0.0})
+    with pytest.raises(ValueError, match="reg_refine_down .3. must divide"):  # the tiny grid is 40 x 56 x 40
+        _tiny_ldm_stage({"reg_refine_steps": 2, "reg_refine_down": 3})
+
+
+def test_refinement_that_cannot_act_warns(caplog):
+    with caplog.at_level("WARNING", logger="diffdef.training.stage_ldm"):
+        _tiny_ldm_stage({"reg_refine_steps": 2, "decoder_warmup_steps": 0, "basis_prefit_steps": 0,
+                         "joint_fit_weight": 0.0})
+    assert "reg_refine_steps > 0 has no effect" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="diffdef.training.stage_ldm"):
+        _tiny_ldm_stage({"reg_refine_steps": 2})  # tiny warms the decoder up: the bank is built and refined
+    assert "reg_refine_steps" not in caplog.text
 
 
 def test_morphology_residual_is_zero_for_the_atlas_itself_only_when_corrected():

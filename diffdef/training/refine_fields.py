@@ -10,7 +10,7 @@ Why it exists, and why it is off (measured on the ``default`` preset, 2026-12-02
 neighbourhood-mean targets the DVF decoder is fitted to inherit each registration network's own systematic
 errors, which differ between training seeds: seed 0's target lost CSF Dice to the plain template at 30 and 35,
 seed 2's ventricle Dice at 40 and 45, seed 1's beat it everywhere. With 20 refinement steps (the other settings
-at their defaults here, on the 4 mm grid) the three seeds' targets had ventricle volumes within 0.5 mL of each
+at their defaults here; coarse grid 4 mm) the three seeds' targets had ventricle volumes within 0.5 mL of each
 other up to age 75 (1.4 mL at 85) and all beat the template at every age on both Dice, but by only 0.000-0.002 of
 CSF Dice at 30; the full ``ldm`` stage with it lost CSF Dice at 30 on seed 1's networks (0.933 vs 0.942; it
 won without) and on seed 0's (0.934; 11/12 ages instead of 10/12).
@@ -76,7 +76,8 @@ def refine_fields(template: torch.Tensor, subjects: torch.Tensor, fields: torch.
     coarse_subjects = F.avg_pool3d(subjects, down) if down > 1 else subjects
     smooth = DiffusionLoss()
     with torch.enable_grad():
-        coarse = (F.avg_pool3d(fields, down) / down if down > 1 else fields.clone()).requires_grad_(True)
+        start = fields.detach()
+        coarse = (F.avg_pool3d(start, down) / down if down > 1 else start.clone()).requires_grad_(True)
         optimiser = torch.optim.Adam([coarse], lr=settings.lr)
         moving = coarse_template.expand(len(coarse), -1, -1, -1, -1)
         for _ in range(settings.steps):

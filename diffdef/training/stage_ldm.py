@@ -160,7 +160,7 @@ def registration_fields(reg: torch.nn.Module, template: torch.Tensor, images: to
     ``reg(template, template)`` with ``bias_correction``, :func:`identity_bias`; then refined per subject with
     ``refine``, :func:`diffdef.training.refine_fields.refine_fields`, ``ldm.reg_refine_steps``): (M, 3, D, H, W)
     float32 voxels on the CPU (``ldm.warmup_targets = "exact"``; 1.0 GB for 120 subjects on the 2 mm grid, held
-    by every DDP process; about 20 s on 2 CPU cores). The stage builds it at its first warm-up step, so a run
+    by every DDP process; about 20 s on 2 CPU cores, 20-22 s with 20 refinement steps). The stage builds it at its first warm-up step, so a run
     resumed past the warm-up never does.
 
     Raises:
@@ -273,6 +273,13 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
     if refine.steps and warmup_targets != "exact":
         raise ValueError("ldm.reg_refine_steps > 0 refines the exact targets' field bank: it needs "
                          "ldm.warmup_targets='exact'")
+    grid = tuple(data.images.shape[2:])
+    if refine.steps and any(n % refine.down or n // refine.down <= 2 for n in grid):
+        raise ValueError(f"ldm.reg_refine_down ({refine.down}) must divide the image grid {grid} and leave more "
+                         "than 2 voxels per side")
+    if refine.steps and not (int(stage["decoder_warmup_steps"]) or joint_fit_weight):
+        log.warning("ldm.reg_refine_steps > 0 has no effect without a decoder warm-up or a joint fit term: the "
+                    "field bank it refines is never built")
 
     def exact_bank() -> torch.Tensor:
         if not bank:
