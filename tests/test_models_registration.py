@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from diffdef.geometry import warp_image
-from diffdef.models.registration import RegistrationConfig, RegistrationNet, registration_preset, upsample_dvf
+from diffdef.models.registration import (RegistrationConfig, RegistrationNet, downsample_dvf, registration_preset,
+                                         upsample_dvf)
 
 SHAPE = (16, 24, 16)
 
@@ -65,6 +66,19 @@ def test_upsample_dvf_maps_block_centres():
     x = torch.arange(16, dtype=torch.float64)
     expected = a * (x - (f - 1) / 2) + f * b
     torch.testing.assert_close(fine[0, 0, 1:-1, 3, 3], expected[1:-1])
+
+
+def test_downsample_dvf_is_the_inverse_convention():
+    # fine u_f(x) = a*x + c (fine voxels) -> coarse block means a*(f*i + (f-1)/2) + c, in coarse voxels (/ f)
+    f, a, c = 2, 0.3, 0.7
+    x = torch.arange(16, dtype=torch.float64)
+    fine = (a * x + c).view(1, 1, 16, 1, 1).expand(1, 3, 16, 4, 4).contiguous()
+    coarse = downsample_dvf(fine, f)
+    assert coarse.shape == (1, 3, 8, 2, 2)
+    i = torch.arange(8, dtype=torch.float64)
+    torch.testing.assert_close(coarse[0, 0, :, 1, 1], (a * (f * i + (f - 1) / 2) + c) / f)
+    torch.testing.assert_close(upsample_dvf(coarse, f)[0, 0, 1:-1, 3, 3], fine[0, 0, 1:-1, 3, 3])  # linear: exact
+    assert downsample_dvf(fine, 1) is fine
 
 
 def test_config_round_trip():

@@ -31,7 +31,7 @@ from diffdef.geometry import integrate_svf
 from diffdef.models._config import ConfigBase, check_int_tuple
 from diffdef.models.autoencoder import AutoencoderConfig, build_autoencoder
 from diffdef.models.field_basis import FieldBasis, FieldBasisConfig
-from diffdef.models.registration import upsample_dvf
+from diffdef.models.registration import downsample_dvf, upsample_dvf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +183,7 @@ class DVFDecoder(nn.Module):
 
 def integrate_on_coarse_grid(velocity: torch.Tensor, steps: int, factor: int, integrate=integrate_svf) -> torch.Tensor:
     """``integrate(velocity, steps)`` on the grid ``factor`` times coarser: (N, 3, D, H, W) velocity, voxels ->
-    displacement, voxels of the same grid. ``avg_pool3d`` down (values / factor) and ``upsample_dvf`` up
+    displacement, voxels of the same grid. ``downsample_dvf`` down (values / factor) and ``upsample_dvf`` up
     (values x factor) use the same half-voxel convention. ``integrate`` is swappable (the export's traceable twin).
 
     Raises:
@@ -193,6 +193,5 @@ def integrate_on_coarse_grid(velocity: torch.Tensor, steps: int, factor: int, in
         return integrate(velocity, steps)
     if any(n % factor for n in velocity.shape[2:]):
         raise ValueError(f"integration_down {factor} must divide the field's grid {tuple(velocity.shape[2:])}")
-    coarse = nn.functional.avg_pool3d(velocity, factor) / float(factor)
-    return upsample_dvf(integrate(coarse, steps), factor)
+    return upsample_dvf(integrate(downsample_dvf(velocity, factor), steps), factor)
 

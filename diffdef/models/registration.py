@@ -126,6 +126,14 @@ class RegistrationNet(nn.Module):
         return upsample_dvf(field, self.config.input_downsample)
 
 
+def downsample_dvf(dvf: torch.Tensor, factor: int) -> torch.Tensor:
+    """Average pooling of a voxel-unit DVF by an integer factor: size / factor and value / factor (the inverse
+    convention of :func:`upsample_dvf`)."""
+    if factor == 1:
+        return dvf
+    return F.avg_pool3d(dvf, factor) / float(factor)
+
+
 def upsample_dvf(dvf: torch.Tensor, factor: int) -> torch.Tensor:
     """Trilinear upsampling of a voxel-unit DVF by an integer factor: size x factor and value x factor.
 

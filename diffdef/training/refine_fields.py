@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from monai.losses import DiffusionLoss
 
 from diffdef.geometry import warp_image
-from diffdef.models.registration import upsample_dvf
+from diffdef.models.registration import downsample_dvf, upsample_dvf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +72,11 @@ def refine_fields(template: torch.Tensor, subjects: torch.Tensor, fields: torch.
     down = settings.down
     if any(n % down for n in fields.shape[2:]):
         raise ValueError(f"refinement down {down} must divide the grid {tuple(fields.shape[2:])}")
-    coarse_template = F.avg_pool3d(template, down) if down > 1 else template
-    coarse_subjects = F.avg_pool3d(subjects, down) if down > 1 else subjects
+    coarse_template, coarse_subjects = F.avg_pool3d(template, down), F.avg_pool3d(subjects, down)
     smooth = DiffusionLoss()
     with torch.enable_grad():
-        start = fields.detach()
-        coarse = (F.avg_pool3d(start, down) / down if down > 1 else start.clone()).requires_grad_(True)
+        # a copy (with down = 1 the pooling returns its input): Adam updates it in place
+        coarse = downsample_dvf(fields.detach(), down).clone().requires_grad_(True)
         optimiser = torch.optim.Adam([coarse], lr=settings.lr)
         moving = coarse_template.expand(len(coarse), -1, -1, -1, -1)
         for _ in range(settings.steps):
@@ -89,5 +88,4 @@ def refine_fields(template: torch.Tensor, subjects: torch.Tensor, fields: torch.
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-    coarse = coarse.detach()
-    return upsample_dvf(coarse, down) if down > 1 else coarse
+    return upsample_dvf(coarse.detach(), down)

@@ -65,8 +65,8 @@ from diffdef.training.data import TrainingData, draw_neighbours, neighbour_weigh
 from diffdef.training.basis_prefit import basis_grid_targets, prefit_field_basis
 from diffdef.training.distributed import DistContext, broadcast_parameters, no_sync, wrap
 from diffdef.training.loop import StageRun, step_seed
-from diffdef.training.refine_fields import RefineSettings, refine_fields
 from diffdef.training.lr_schedule import decayed_lr
+from diffdef.training.refine_fields import RefineSettings, refine_fields
 from diffdef_runtime.schedulers import DDIMSampler, ScheduleConfig, add_noise, noise_coefficients, training_target
 
 log = logging.getLogger(__name__)
@@ -160,8 +160,8 @@ def registration_fields(reg: torch.nn.Module, template: torch.Tensor, images: to
     ``reg(template, template)`` with ``bias_correction``, :func:`identity_bias`; then refined per subject with
     ``refine``, :func:`diffdef.training.refine_fields.refine_fields`, ``ldm.reg_refine_steps``): (M, 3, D, H, W)
     float32 voxels on the CPU (``ldm.warmup_targets = "exact"``; 1.0 GB for 120 subjects on the 2 mm grid, held
-    by every DDP process; about 20 s on 2 CPU cores, 20-22 s with 20 refinement steps). The stage builds it at its first warm-up step, so a run
-    resumed past the warm-up never does.
+    by every DDP process; about 20 s on 2 CPU cores, 20-22 s with 20 refinement steps). The stage builds it at its
+    first warm-up step, so a run resumed past the warm-up never does.
 
     Raises:
         ValueError: when the bank would exceed ``EXACT_TARGETS_MAX_GB`` (use ``warmup_targets = "sampled"``).
