@@ -32,7 +32,7 @@ def main(checkpoint, bundle, backend, ages, steps, samples, seed, guidance, json
 
     from diffdef.geometry import folding_ratio, mean_displacement_mm
     from diffdef.synth.ageing import AgeingModel
-    from diffdef.synth.scoring import score_atlas
+    from diffdef.synth.scoring import score_atlas, wins_over_template
     from diffdef.template import load_template
     from diffdef_runtime.backends import open_model
     from diffdef_runtime.conditions import parse_age_list
@@ -66,8 +66,7 @@ def main(checkpoint, bundle, backend, ages, steps, samples, seed, guidance, json
         values = (r["age"], r["volume_ml"], r["true_volume_ml"], r["dice_vent"], r["template_dice_vent"],
                   r["dice_csf"], r["template_dice_csf"], r["folding_pct"], r["mean_disp_mm"])
         print(" | ".join(f"{v:9.3f}" if isinstance(v, float) else f"{v:>9}" for v in values))
-    better_vent = sum(r["dice_vent"] > r["template_dice_vent"] for r in rows)
-    better_csf = sum(r["dice_csf"] > r["template_dice_csf"] for r in rows)
+    better_vent, better_csf = wins_over_template(rows)
     print(f"Spearman rho(volume, age) = {rho:.3f}; atlas beats template on ventricle Dice at {better_vent}/{len(rows)} "
           f"ages, on CSF Dice at {better_csf}/{len(rows)}; generation {seconds:.1f} s for {len(rows)} ages x "
           f"{samples} samples, guidance {guidance:g} ({model.engines.name})")

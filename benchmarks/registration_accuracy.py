@@ -87,7 +87,7 @@ def mean_field_atlases(net, cfg: dict, ages: list[float]) -> None:
 
     from diffdef.synth.ageing import AgeingModel
     from diffdef.synth.cohort import SyntheticCohort
-    from diffdef.synth.scoring import score_atlas
+    from diffdef.synth.scoring import score_atlas, wins_over_template
     from diffdef.training.data import SYNTHETIC_RANGES, neighbour_weights
 
     cohort = SyntheticCohort(cfg["data"]["grid"], seed=int(cfg["data"]["synthetic_seed"]))  # the training cohort
@@ -120,8 +120,7 @@ def mean_field_atlases(net, cfg: dict, ages: list[float]) -> None:
               f"{r['template_dice_csf']:.3f}")
     for name, scored in (("as is", rows), ("less the identity-pair field", fixed_rows),
                          ("true fields (no network)", true_rows)):
-        vent = sum(r["dice_vent"] > r["template_dice_vent"] for r in scored)
-        csf = sum(r["dice_csf"] > r["template_dice_csf"] for r in scored)
+        vent, csf = wins_over_template(scored)
         print(f"{name}: beats the template on ventricle Dice at {vent}/{len(scored)} ages, on CSF Dice at "
               f"{csf}/{len(scored)}")
 

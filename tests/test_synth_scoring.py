@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from diffdef.synth.ageing import AgeingModel
-from diffdef.synth.scoring import score_atlas
+from diffdef.synth.scoring import score_atlas, wins_over_template
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +37,11 @@ def test_a_field_halfway_scores_between(ageing):
 def test_wrong_shape_is_named(ageing):
     with pytest.raises(ValueError, match="atlas DVF must be"):
         score_atlas(ageing, 50.0, torch.zeros(1, 3, 4, 4, 4))
+
+
+def test_wins_over_template_counts_strict_wins():
+    rows = [dict(dice_vent=0.95, template_dice_vent=0.94, dice_csf=0.90, template_dice_csf=0.90),  # CSF ties
+            dict(dice_vent=0.80, template_dice_vent=0.81, dice_csf=0.70, template_dice_csf=0.60),
+            dict(dice_vent=0.99, template_dice_vent=0.50, dice_csf=0.99, template_dice_csf=0.50)]
+    assert wins_over_template(rows) == (2, 2)
+    assert wins_over_template([]) == (0, 0)

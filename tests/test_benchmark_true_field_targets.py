@@ -1,0 +1,86 @@
+"""``benchmarks/true_field_targets.py``: the neighbourhood means of the cohort's true fields, checked against
+the subjects' own fields on the 4 mm grid (a few subjects, seconds)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from click.testing import CliRunner
+from file_helpers import load_benchmark
+
+from diffdef.synth import fields
+from diffdef.synth.cohort import VENTRICLE_LOG_SD, SyntheticCohort, sex_log_offset
+from diffdef.training.data import SYNTHETIC_RANGES, neighbour_weights
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_benchmark("true_field_targets")
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return SyntheticCohort("4mm", seed=0)
+
+
+def test_one_subject_mean_is_that_subjects_fields(bench, cohort):
+    means, stats = bench.neighbourhood_targets(cohort, [1], [30.0, 70.0], 0.05)
+    subject = cohort.subject(0)
+    offset = subject.ventricle_log_offset + sex_log_offset(subject.sex)
+    coarse, coarse_grid = cohort.model.coarse_field(subject.age, offset)
+    ageing = fields.resample_dvf(coarse, coarse_grid, cohort.grid)
+    for k in range(2):  # one subject carries all the weight at every age
+        assert torch.allclose(means[("subject", 1)][k], subject.dvf[0], atol=1e-6)
+        assert torch.allclose(means[("ageing", 1)][k], ageing[0], atol=1e-6)
+    # the two kinds differ by the individual deformation, which is not small
+    assert (means[("subject", 1)] - means[("ageing", 1)]).abs().max() > 0.1
+    for st in stats[1]:
+        assert st["offset"] == pytest.approx(offset, abs=1e-6) and st["age"] == pytest.approx(subject.age)
+        assert st["n_eff"] == pytest.approx(1.0) and st["se"] == pytest.approx(VENTRICLE_LOG_SD)
+        assert st["volume_ml"] == pytest.approx(subject.ventricle_volume_ml, rel=1e-5)
+
+
+def test_means_are_the_gaussian_weighted_sums(bench, cohort):
+    ages, sigma = [30.0, 70.0], 0.2
+    means, stats = bench.neighbourhood_targets(cohort, [2, 4], ages, sigma)
+    lo, hi = SYNTHETIC_RANGES["age"]
+    subjects = [cohort.subject(i) for i in range(4)]
+    norm = torch.tensor([[(s.age - lo) / (hi - lo)] for s in subjects])
+    for n in (2, 4):
+        for k, age in enumerate(ages):
+            w = neighbour_weights(norm[:n], torch.tensor([(age - lo) / (hi - lo)]), sigma)
+            expected = sum(w[i] * subjects[i].dvf[0] for i in range(n))
+            assert torch.allclose(means[("subject", n)][k], expected, atol=1e-5)
+            offsets = torch.tensor([s.ventricle_log_offset + sex_log_offset(s.sex) for s in subjects[:n]])
+            st = stats[n][k]
+            assert st["offset"] == pytest.approx(float(w @ offsets), abs=1e-6)
+            assert st["n_eff"] == pytest.approx(float(1 / (w**2).sum()), rel=1e-5)
+            assert 1.0 <= st["n_eff"] <= n
+            assert st["age"] == pytest.approx(sum(float(w[i]) * subjects[i].age for i in range(n)), rel=1e-5)
+            volume = sum(float(w[i]) * subjects[i].ventricle_volume_ml for i in range(n))
+            assert st["volume_ml"] == pytest.approx(volume, rel=1e-5)
+    # the prefix of 2 is not the prefix of 4
+    assert not torch.allclose(means[("subject", 2)], means[("subject", 4)])
+
+
+def test_bad_sizes_are_refused(bench, cohort):
+    with pytest.raises(ValueError, match="sizes"):
+        bench.neighbourhood_targets(cohort, [0, 3], [30.0], 0.05)
+
+
+def test_table(bench):
+    result = CliRunner().invoke(bench.main, ["--grid", "4mm", "--sizes", "3,2", "--ages", "30,80"])
+    assert result.exit_code == 0, result.output
+    blocks = result.output.split("neighbourhood means over the first ")[1:]
+    assert [b.split()[0] for b in blocks] == ["2", "3"]  # sizes sorted
+    for block in blocks:
+        rows = re.findall(r"^\s+(30|80) \| ([+-][\d.]+) \(([\d.]+), +([\d.]+)\) +\| +([\d.]+) \| +([\d.]+) \| "
+                          r"+([\d.]+) \|", block, flags=re.M)
+        assert [r[0] for r in rows] == ["30", "80"]
+        for _, _, se, n_eff, subjects_ml, model_ml, true_ml in rows:
+            assert float(se) == pytest.approx(VENTRICLE_LOG_SD / float(n_eff) ** 0.5, abs=2e-3)
+            assert 1.0 < float(subjects_ml) < 300.0 and 1.0 < float(model_ml) < 300.0
+        assert float(rows[1][6]) > float(rows[0][6])  # true ventricles grow from 30 to 80
+        assert len(re.findall(r"beat the template on ventricle Dice at \d/2 ages, on CSF Dice at \d/2", block)) == 2
