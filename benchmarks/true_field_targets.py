@@ -11,6 +11,12 @@ are formed over the first ``n`` subjects of the cohort, for each ``n`` given:
 - ``ageing fields``: the ageing field of each subject's age and ventricle offset alone (no individual
   deformation), which separates the blur that averaging individual deformations adds from the sample's offsets.
 
+Then, unless ``--limit-nodes 0``, the population limit of the same estimator: the mean of the ageing model's fields
+at the target age over the cohort's whole offset distribution (normal ventricle log offset with sd
+``VENTRICLE_LOG_SD``, Gauss-Hermite quadrature, times the two sexes' offsets), i.e. infinitely many subjects, a
+perfect network and no age window. It shows the bias of averaging displacement fields itself, which no training
+set size removes.
+
 Also printed per age: the neighbourhood's weighted mean ventricle log offset (sex offset included; the true atlas
 has 0) and its standard error ``VENTRICLE_LOG_SD / sqrt(n_eff)`` with Kish's effective size
 ``n_eff = 1 / sum(w^2)``; the weighted mean of the subjects' own ventricle volumes; and the ventricle volume of the
@@ -82,13 +88,47 @@ def neighbourhood_targets(cohort, sizes: list[int], ages: list[float], sigma: fl
     return means, stats
 
 
+def population_limit_targets(model, ages: list[float], nodes: int = 5):
+    """The mean ageing field over the cohort's offset distribution at each age (see the module docstring).
+
+    Args:
+        model: a :class:`diffdef.synth.ageing.AgeingModel`.
+        ages: years.
+        nodes: Gauss-Hermite nodes over the normal ventricle log offset (each used with both sexes' offsets).
+    Returns:
+        (len(ages), 3, D, H, W), voxels of the model's template grid.
+    """
+    import numpy as np
+    import torch
+
+    from diffdef.synth import fields
+    from diffdef.synth.cohort import VENTRICLE_LOG_SD, sex_log_offset
+
+    if nodes < 1:
+        raise ValueError(f"nodes must be >= 1, got {nodes}")
+    # Gauss-Hermite: integral of exp(-x^2) f(x) = sum w f(x), so E[f(z)] = sum w f(sqrt(2) sd x) / sqrt(pi)
+    x, w = np.polynomial.hermite.hermgauss(nodes)
+    offsets = np.sqrt(2.0) * VENTRICLE_LOG_SD * x
+    weights = w / np.sqrt(np.pi)
+    out = torch.zeros(len(ages), 3, *model.grid.shape)
+    with torch.no_grad():
+        for k, age in enumerate(ages):
+            for z, wz in zip(offsets, weights):
+                for sex in ("F", "M"):
+                    coarse, coarse_grid = model.coarse_field(age, float(z) + sex_log_offset(sex))
+                    out[k] += 0.5 * float(wz) * fields.resample_dvf(coarse, coarse_grid, model.grid)[0]
+    return out
+
+
 @click.command()
 @click.option("--sizes", default="120,360", show_default=True, help="training-set sizes (first n subjects)")
 @click.option("--ages", default="30:85:5", show_default=True, help="target ages, a list or start:stop:step")
 @click.option("--sigma", default=0.05, show_default=True, help="neighbourhood width on the normalised age")
 @click.option("--grid", default="2mm", show_default=True)
 @click.option("--synthetic-seed", default=0, show_default=True, help="the cohort's seed (data.synthetic_seed)")
-def main(sizes, ages, sigma, grid, synthetic_seed):
+@click.option("--limit-nodes", default=5, show_default=True,
+              help="quadrature nodes of the population limit; 0 skips it")
+def main(sizes, ages, sigma, grid, synthetic_seed, limit_nodes):
     import torch
 
     from diffdef.synth.ageing import AgeingModel
@@ -122,6 +162,18 @@ def main(sizes, ages, sigma, grid, synthetic_seed):
             vent, csf = wins_over_template(rows)
             print(f"n={n}, {kind} fields: beat the template on ventricle Dice at {vent}/{len(rows)} ages, on CSF "
                   f"Dice at {csf}/{len(rows)}")
+    if limit_nodes:
+        limit = population_limit_targets(ageing, age_list, limit_nodes)
+        rows = [score_atlas(ageing, a, limit[k:k + 1]) for k, a in enumerate(age_list)]
+        print(f"\npopulation limit (mean ageing field over the offset distribution, {limit_nodes} nodes x 2 sexes; "
+              "no sample, no network, no age window)")
+        print("  age | true mL | vol mL | Dice vent | tmpl  | Dice CSF | tmpl")
+        for a, r in zip(age_list, rows):
+            print(f"{a:5.0f} | {r['true_volume_ml']:7.1f} | {r['volume_ml']:6.1f} | {r['dice_vent']:9.3f} | "
+                  f"{r['template_dice_vent']:.3f} | {r['dice_csf']:8.3f} | {r['template_dice_csf']:.3f}")
+        vent, csf = wins_over_template(rows)
+        print(f"population limit: beats the template on ventricle Dice at {vent}/{len(rows)} ages, on CSF Dice at "
+              f"{csf}/{len(rows)}")
 
 
 if __name__ == "__main__":

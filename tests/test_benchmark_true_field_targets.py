@@ -68,12 +68,36 @@ def test_means_are_the_gaussian_weighted_sums(bench, cohort):
 def test_bad_sizes_are_refused(bench, cohort):
     with pytest.raises(ValueError, match="sizes"):
         bench.neighbourhood_targets(cohort, [0, 3], [30.0], 0.05)
+    with pytest.raises(ValueError, match="nodes"):
+        bench.population_limit_targets(cohort.model, [30.0], 0)
+
+
+def _ageing_field(model, age, offset):
+    coarse, coarse_grid = model.coarse_field(age, offset)
+    return fields.resample_dvf(coarse, coarse_grid, model.grid)[0]
+
+
+def test_population_limit_is_the_mean_over_offsets_and_sexes(bench, cohort):
+    model = cohort.model
+    half_sex = sex_log_offset("M")
+    # one node: the median offset, both sexes
+    one = bench.population_limit_targets(model, [30.0, 80.0], nodes=1)
+    for k, age in enumerate((30.0, 80.0)):
+        expected = (_ageing_field(model, age, half_sex) + _ageing_field(model, age, -half_sex)) / 2
+        assert torch.allclose(one[k], expected, atol=1e-6)
+    # two Gauss-Hermite nodes sit at +- one standard deviation with equal weights
+    two = bench.population_limit_targets(model, [30.0], nodes=2)
+    expected = sum(_ageing_field(model, 30.0, z + s) for z in (VENTRICLE_LOG_SD, -VENTRICLE_LOG_SD)
+                   for s in (half_sex, -half_sex)) / 4
+    assert torch.allclose(two[0], expected, atol=1e-5)
+    assert not torch.allclose(two[0], one[0], atol=1e-3)  # the offsets' spread changes the mean field
 
 
 def test_table(bench):
-    result = CliRunner().invoke(bench.main, ["--grid", "4mm", "--sizes", "3,2", "--ages", "30,80"])
+    result = CliRunner().invoke(bench.main, ["--grid", "4mm", "--sizes", "3,2", "--ages", "30,80",
+                                             "--limit-nodes", "2"])
     assert result.exit_code == 0, result.output
-    blocks = result.output.split("neighbourhood means over the first ")[1:]
+    blocks = result.output.split("population limit (")[0].split("neighbourhood means over the first ")[1:]
     assert [b.split()[0] for b in blocks] == ["2", "3"]  # sizes sorted
     for block in blocks:
         rows = re.findall(r"^\s+(30|80) \| ([+-][\d.]+) \(([\d.]+), +([\d.]+)\) +\| +([\d.]+) \| +([\d.]+) \| "
@@ -84,3 +108,8 @@ def test_table(bench):
             assert 1.0 < float(subjects_ml) < 300.0 and 1.0 < float(model_ml) < 300.0
         assert float(rows[1][6]) > float(rows[0][6])  # true ventricles grow from 30 to 80
         assert len(re.findall(r"beat the template on ventricle Dice at \d/2 ages, on CSF Dice at \d/2", block)) == 2
+    limit = result.output.split("population limit (")[1]
+    rows = re.findall(r"^\s+(30|80) \| +([\d.]+) \| +([\d.]+) \|", limit, flags=re.M)
+    assert [r[0] for r in rows] == ["30", "80"] and float(rows[1][2]) > float(rows[0][2])
+    assert re.search(r"population limit: beats the template on ventricle Dice at \d/2 ages, on CSF Dice at \d/2",
+                     limit)
