@@ -11,14 +11,14 @@ are formed over the first ``n`` subjects of the cohort, for each ``n`` given:
 - ``ageing fields``: the ageing field of each subject's age and ventricle offset alone (no individual
   deformation), which separates the blur that averaging individual deformations adds from the sample's offsets.
 
-Then, unless ``--limit-nodes 0``, the population limit of the same estimator: the mean of the ageing model's fields
+Then, unless ``--limit-nodes 0``, the population limit of the ageing-field mean: the mean of the ageing model's fields
 at the target age over the cohort's whole offset distribution (normal ventricle log offset with sd
 ``VENTRICLE_LOG_SD``, Gauss-Hermite quadrature, times the two sexes' offsets), i.e. infinitely many subjects, a
 perfect network and no age window. It shows the bias of averaging displacement fields itself, which no training
 set size removes.
 
 Also printed per age: the neighbourhood's weighted mean ventricle log offset (sex offset included; the true atlas
-has 0) and its standard error ``VENTRICLE_LOG_SD / sqrt(n_eff)`` with Kish's effective size
+has 0) and its standard error ``sd / sqrt(n_eff)`` (``sd``: the offset's, sex included) with Kish's effective size
 ``n_eff = 1 / sum(w^2)``; the weighted mean of the subjects' own ventricle volumes; and the ventricle volume of the
 ageing model at the neighbourhood's weighted mean age and offset. Comparing those with the mean fields' volumes
 shows what averaging displacement fields itself does. Where a row loses to the template, no network trained on
@@ -79,16 +79,17 @@ def neighbourhood_targets(cohort, sizes: list[int], ages: list[float], sigma: fl
                 if i < n:
                     mean += weights[n][:, i].view(-1, 1, 1, 1, 1) * fields_of[kind]
     ages_years = torch.tensor([p["age"] for p in params])
+    offset_sd = (VENTRICLE_LOG_SD**2 + sex_log_offset("M") ** 2) ** 0.5  # normal offset + sex at +-half its offset
     stats = {}
     for n, w in weights.items():
         n_eff = 1.0 / (w**2).sum(1)
-        stats[n] = [dict(offset=float(m), se=VENTRICLE_LOG_SD / float(e) ** 0.5, n_eff=float(e), age=float(a),
+        stats[n] = [dict(offset=float(m), se=offset_sd / float(e) ** 0.5, n_eff=float(e), age=float(a),
                          volume_ml=float(v))
                     for m, e, a, v in zip(w @ offsets[:n], n_eff, w @ ages_years[:n], w @ volumes[:n])]
     return means, stats
 
 
-def population_limit_targets(model, ages: list[float], nodes: int = 5):
+def population_limit_targets(model, ages: list[float], nodes: int = 9):
     """The mean ageing field over the cohort's offset distribution at each age (see the module docstring).
 
     Args:
@@ -126,7 +127,7 @@ def population_limit_targets(model, ages: list[float], nodes: int = 5):
 @click.option("--sigma", default=0.05, show_default=True, help="neighbourhood width on the normalised age")
 @click.option("--grid", default="2mm", show_default=True)
 @click.option("--synthetic-seed", default=0, show_default=True, help="the cohort's seed (data.synthetic_seed)")
-@click.option("--limit-nodes", default=5, show_default=True,
+@click.option("--limit-nodes", default=9, show_default=True,
               help="quadrature nodes of the population limit; 0 skips it")
 def main(sizes, ages, sigma, grid, synthetic_seed, limit_nodes):
     import torch

@@ -14,6 +14,8 @@ from diffdef.synth import fields
 from diffdef.synth.cohort import VENTRICLE_LOG_SD, SyntheticCohort, sex_log_offset
 from diffdef.training.data import SYNTHETIC_RANGES, neighbour_weights
 
+OFFSET_SD = (VENTRICLE_LOG_SD**2 + sex_log_offset("M") ** 2) ** 0.5  # normal offset and the two sexes' offsets
+
 
 @pytest.fixture(scope="module")
 def bench():
@@ -38,7 +40,7 @@ def test_one_subject_mean_is_that_subjects_fields(bench, cohort):
     assert (means[("subject", 1)] - means[("ageing", 1)]).abs().max() > 0.1
     for st in stats[1]:
         assert st["offset"] == pytest.approx(offset, abs=1e-6) and st["age"] == pytest.approx(subject.age)
-        assert st["n_eff"] == pytest.approx(1.0) and st["se"] == pytest.approx(VENTRICLE_LOG_SD)
+        assert st["n_eff"] == pytest.approx(1.0) and st["se"] == pytest.approx(OFFSET_SD)
         assert st["volume_ml"] == pytest.approx(subject.ventricle_volume_ml, rel=1e-5)
 
 
@@ -47,17 +49,21 @@ def test_means_are_the_gaussian_weighted_sums(bench, cohort):
     means, stats = bench.neighbourhood_targets(cohort, [2, 4], ages, sigma)
     lo, hi = SYNTHETIC_RANGES["age"]
     subjects = [cohort.subject(i) for i in range(4)]
+    ageing = [_ageing_field(cohort.model, s.age, s.ventricle_log_offset + sex_log_offset(s.sex)) for s in subjects]
     norm = torch.tensor([[(s.age - lo) / (hi - lo)] for s in subjects])
     for n in (2, 4):
         for k, age in enumerate(ages):
             w = neighbour_weights(norm[:n], torch.tensor([(age - lo) / (hi - lo)]), sigma)
             expected = sum(w[i] * subjects[i].dvf[0] for i in range(n))
             assert torch.allclose(means[("subject", n)][k], expected, atol=1e-5)
+            expected = sum(w[i] * ageing[i] for i in range(n))
+            assert torch.allclose(means[("ageing", n)][k], expected, atol=1e-5)
             offsets = torch.tensor([s.ventricle_log_offset + sex_log_offset(s.sex) for s in subjects[:n]])
             st = stats[n][k]
             assert st["offset"] == pytest.approx(float(w @ offsets), abs=1e-6)
             assert st["n_eff"] == pytest.approx(float(1 / (w**2).sum()), rel=1e-5)
             assert 1.0 <= st["n_eff"] <= n
+            assert st["se"] == pytest.approx(OFFSET_SD / float(1 / (w**2).sum()) ** 0.5, rel=1e-5)
             assert st["age"] == pytest.approx(sum(float(w[i]) * subjects[i].age for i in range(n)), rel=1e-5)
             volume = sum(float(w[i]) * subjects[i].ventricle_volume_ml for i in range(n))
             assert st["volume_ml"] == pytest.approx(volume, rel=1e-5)
@@ -93,19 +99,22 @@ def test_population_limit_is_the_mean_over_offsets_and_sexes(bench, cohort):
     assert not torch.allclose(two[0], one[0], atol=1e-3)  # the offsets' spread changes the mean field
 
 
-def test_table(bench):
+def test_table(bench, cohort):
     result = CliRunner().invoke(bench.main, ["--grid", "4mm", "--sizes", "3,2", "--ages", "30,80",
                                              "--limit-nodes", "2"])
     assert result.exit_code == 0, result.output
     blocks = result.output.split("population limit (")[0].split("neighbourhood means over the first ")[1:]
     assert [b.split()[0] for b in blocks] == ["2", "3"]  # sizes sorted
-    for block in blocks:
+    _, stats = bench.neighbourhood_targets(cohort, [2, 3], [30.0, 80.0], 0.05)
+    for block, n in zip(blocks, (2, 3)):
         rows = re.findall(r"^\s+(30|80) \| ([+-][\d.]+) \(([\d.]+), +([\d.]+)\) +\| +([\d.]+) \| +([\d.]+) \| "
                           r"+([\d.]+) \|", block, flags=re.M)
         assert [r[0] for r in rows] == ["30", "80"]
-        for _, _, se, n_eff, subjects_ml, model_ml, true_ml in rows:
-            assert float(se) == pytest.approx(VENTRICLE_LOG_SD / float(n_eff) ** 0.5, abs=2e-3)
-            assert 1.0 < float(subjects_ml) < 300.0 and 1.0 < float(model_ml) < 300.0
+        for (_, _, se, n_eff, subjects_ml, model_ml, true_ml), st in zip(rows, stats[n]):
+            assert float(se) == pytest.approx(OFFSET_SD / float(n_eff) ** 0.5, abs=2e-3)
+            assert float(subjects_ml) == pytest.approx(st["volume_ml"], abs=0.06)
+            at_mean = cohort.model.ground_truth_atlas(st["age"], st["offset"]).ventricle_volume_ml
+            assert float(model_ml) == pytest.approx(at_mean, abs=0.06)
         assert float(rows[1][6]) > float(rows[0][6])  # true ventricles grow from 30 to 80
         assert len(re.findall(r"beat the template on ventricle Dice at \d/2 ages, on CSF Dice at \d/2", block)) == 2
     limit = result.output.split("population limit (")[1]
