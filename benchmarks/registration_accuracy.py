@@ -85,7 +85,6 @@ def mean_field_atlases(net, cfg: dict, ages: list[float]) -> None:
     """Check 3: the neighbourhood-mean field of the training subjects at each age, scored (printed table)."""
     import torch
 
-    from diffdef.synth.ageing import AgeingModel
     from diffdef.synth.cohort import SyntheticCohort
     from diffdef.synth.scoring import score_atlas, wins_over_template
     from diffdef.training.data import SYNTHETIC_RANGES, neighbour_weights
@@ -105,7 +104,7 @@ def mean_field_atlases(net, cfg: dict, ages: list[float]) -> None:
             mean += weights[:, i].view(-1, 1, 1, 1, 1) * net(t1, subject.image)
             true_mean += weights[:, i].view(-1, 1, 1, 1, 1) * subject.dvf
         bias = net(t1, t1)  # weights sum to 1, so the corrected mean is the mean less the bias
-    ageing = AgeingModel(cohort.template)
+    ageing = cohort.model
     rows = [score_atlas(ageing, a, mean[k:k + 1]) for k, a in enumerate(ages)]
     fixed_rows = [score_atlas(ageing, a, mean[k:k + 1] - bias) for k, a in enumerate(ages)]
     # What a perfect registration network would give: the cohort's own sample, not the network, limits this one.

@@ -26,9 +26,9 @@ that sample could be expected to win there by faithfully fitting L_morph.
 
     python benchmarks/true_field_targets.py --sizes 120,360
 
-Cost: about 2 s per subject of the largest size on the 2 mm grid (11.7 min for ``--sizes 120,240,360`` on a 2-core
-CPU): each subject and its ageing field are made once and added to every size's mean (streamed, one subject in
-memory at a time).
+Cost: each subject of the largest size is made once (its ageing field comes from the same integration) and added
+to every size's mean (streamed, one subject in memory at a time); the population limit integrates 2 x nodes
+ageing fields per age. Measured on a 2-core CPU: README "Measured".
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ def neighbourhood_targets(cohort, sizes: list[int], ages: list[float], sigma: fl
     import torch
     from tqdm import tqdm
 
-    from diffdef.synth import fields
     from diffdef.synth.cohort import VENTRICLE_LOG_SD, sex_log_offset
     from diffdef.training.data import SYNTHETIC_RANGES, neighbour_weights
 
@@ -71,10 +70,9 @@ def neighbourhood_targets(cohort, sizes: list[int], ages: list[float], sigma: fl
     volumes = torch.zeros(largest)
     with torch.no_grad():
         for i in tqdm(range(largest), desc="subjects", disable=not progress):
-            subject = cohort.subject(i)
+            subject, ageing_field = cohort.subject_and_ageing_field(i)
             volumes[i] = subject.ventricle_volume_ml
-            coarse, coarse_grid = cohort.model.coarse_field(subject.age, float(offsets[i]))
-            fields_of = {"subject": subject.dvf, "ageing": fields.resample_dvf(coarse, coarse_grid, cohort.grid)}
+            fields_of = {"subject": subject.dvf, "ageing": ageing_field}
             for (kind, n), mean in means.items():
                 if i < n:
                     mean += weights[n][:, i].view(-1, 1, 1, 1, 1) * fields_of[kind]
@@ -102,7 +100,6 @@ def population_limit_targets(model, ages: list[float], nodes: int = 9):
     import numpy as np
     import torch
 
-    from diffdef.synth import fields
     from diffdef.synth.cohort import VENTRICLE_LOG_SD, sex_log_offset
 
     if nodes < 1:
@@ -116,8 +113,7 @@ def population_limit_targets(model, ages: list[float], nodes: int = 9):
         for k, age in enumerate(ages):
             for z, wz in zip(offsets, weights):
                 for sex in ("F", "M"):
-                    coarse, coarse_grid = model.coarse_field(age, float(z) + sex_log_offset(sex))
-                    out[k] += 0.5 * float(wz) * fields.resample_dvf(coarse, coarse_grid, model.grid)[0]
+                    out[k] += 0.5 * float(wz) * model.field(age, float(z) + sex_log_offset(sex))[0]
     return out
 
 
@@ -130,19 +126,15 @@ def population_limit_targets(model, ages: list[float], nodes: int = 9):
 @click.option("--limit-nodes", default=9, show_default=True,
               help="quadrature nodes of the population limit; 0 skips it")
 def main(sizes, ages, sigma, grid, synthetic_seed, limit_nodes):
-    import torch
-
-    from diffdef.synth.ageing import AgeingModel
     from diffdef.synth.cohort import SyntheticCohort
     from diffdef.synth.scoring import score_atlas, wins_over_template
     from diffdef_runtime.conditions import parse_age_list
 
-    torch.manual_seed(0)
     size_list = sorted({int(s) for s in sizes.split(",")})
     age_list = [float(a) for a in parse_age_list(ages)]
     cohort = SyntheticCohort(grid, seed=synthetic_seed)
     means, stats = neighbourhood_targets(cohort, size_list, age_list, sigma, progress=True)
-    ageing = AgeingModel(cohort.template)
+    ageing = cohort.model
     for n in size_list:
         print(f"\nneighbourhood means over the first {n} subjects (sigma {sigma:g}), scored against the true atlas; "
               "vol and Dice: subject fields / ageing fields alone")

@@ -10,7 +10,6 @@ import torch
 from click.testing import CliRunner
 from file_helpers import load_benchmark
 
-from diffdef.synth import fields
 from diffdef.synth.cohort import VENTRICLE_LOG_SD, SyntheticCohort, sex_log_offset
 from diffdef.training.data import SYNTHETIC_RANGES, neighbour_weights
 
@@ -31,8 +30,7 @@ def test_one_subject_mean_is_that_subjects_fields(bench, cohort):
     means, stats = bench.neighbourhood_targets(cohort, [1], [30.0, 70.0], 0.05)
     subject = cohort.subject(0)
     offset = subject.ventricle_log_offset + sex_log_offset(subject.sex)
-    coarse, coarse_grid = cohort.model.coarse_field(subject.age, offset)
-    ageing = fields.resample_dvf(coarse, coarse_grid, cohort.grid)
+    ageing = cohort.model.field(subject.age, offset)
     for k in range(2):  # one subject carries all the weight at every age
         assert torch.allclose(means[("subject", 1)][k], subject.dvf[0], atol=1e-6)
         assert torch.allclose(means[("ageing", 1)][k], ageing[0], atol=1e-6)
@@ -49,7 +47,7 @@ def test_means_are_the_gaussian_weighted_sums(bench, cohort):
     means, stats = bench.neighbourhood_targets(cohort, [2, 4], ages, sigma)
     lo, hi = SYNTHETIC_RANGES["age"]
     subjects = [cohort.subject(i) for i in range(4)]
-    ageing = [_ageing_field(cohort.model, s.age, s.ventricle_log_offset + sex_log_offset(s.sex)) for s in subjects]
+    ageing = [cohort.model.field(s.age, s.ventricle_log_offset + sex_log_offset(s.sex))[0] for s in subjects]
     norm = torch.tensor([[(s.age - lo) / (hi - lo)] for s in subjects])
     for n in (2, 4):
         for k, age in enumerate(ages):
@@ -78,22 +76,17 @@ def test_bad_sizes_are_refused(bench, cohort):
         bench.population_limit_targets(cohort.model, [30.0], 0)
 
 
-def _ageing_field(model, age, offset):
-    coarse, coarse_grid = model.coarse_field(age, offset)
-    return fields.resample_dvf(coarse, coarse_grid, model.grid)[0]
-
-
 def test_population_limit_is_the_mean_over_offsets_and_sexes(bench, cohort):
     model = cohort.model
     half_sex = sex_log_offset("M")
     # one node: the median offset, both sexes
     one = bench.population_limit_targets(model, [30.0, 80.0], nodes=1)
     for k, age in enumerate((30.0, 80.0)):
-        expected = (_ageing_field(model, age, half_sex) + _ageing_field(model, age, -half_sex)) / 2
+        expected = (model.field(age, half_sex)[0] + model.field(age, -half_sex)[0]) / 2
         assert torch.allclose(one[k], expected, atol=1e-6)
     # two Gauss-Hermite nodes sit at +- one standard deviation with equal weights
     two = bench.population_limit_targets(model, [30.0], nodes=2)
-    expected = sum(_ageing_field(model, 30.0, z + s) for z in (VENTRICLE_LOG_SD, -VENTRICLE_LOG_SD)
+    expected = sum(model.field(30.0, z + s)[0] for z in (VENTRICLE_LOG_SD, -VENTRICLE_LOG_SD)
                    for s in (half_sex, -half_sex)) / 4
     assert torch.allclose(two[0], expected, atol=1e-5)
     assert not torch.allclose(two[0], one[0], atol=1e-3)  # the offsets' spread changes the mean field

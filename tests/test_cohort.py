@@ -42,6 +42,15 @@ def test_access_order_independent(cohort):
     assert torch.equal(fresh.subject(1).image, later[1])
 
 
+def test_subject_and_its_ageing_field(cohort):
+    subject, ageing = cohort.subject_and_ageing_field(4)
+    alone = cohort.subject(4)
+    assert torch.equal(subject.image, alone.image) and torch.equal(subject.dvf, alone.dvf)
+    offset = subject.ventricle_log_offset + sex_log_offset(subject.sex)
+    torch.testing.assert_close(ageing, cohort.model.field(subject.age, offset), rtol=0, atol=0)
+    assert float((subject.dvf - ageing).abs().max()) > 0.1  # the individual deformation is not in it
+
+
 def test_parameters_and_ages():
     c = SyntheticCohort(grid="4mm", seed=5, age_range=(40, 60))
     params = [c.parameters(i) for i in range(400)]

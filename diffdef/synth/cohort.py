@@ -147,9 +147,20 @@ class SyntheticCohort:
         f_t = torch.from_numpy(f.astype(np.float32))[None, None]
         return torch.exp(fields.resample_map(f_t, _RANDOM_GRID, self.grid))
 
-    @torch.no_grad()
     def subject(self, index: int) -> Subject:
         """Subject ``index`` (same result whatever other subjects were made, and in whatever order)."""
+        return self._make(index)[0]
+
+    def subject_and_ageing_field(self, index: int) -> tuple[Subject, torch.Tensor]:
+        """Subject ``index`` and its ageing field alone (its age and ventricle offset, no individual deformation):
+        (1, 3, D, H, W), voxels of the cohort's grid, equal to ``self.model.field(age, offset + sex offset)`` and
+        taken from the subject's own integration rather than integrated again."""
+        subject, ageing, coarse = self._make(index)
+        return subject, fields.resample_dvf(ageing, coarse, self.grid)
+
+    @torch.no_grad()
+    def _make(self, index: int) -> tuple[Subject, torch.Tensor, Grid]:
+        """Subject ``index``, its ageing DVF on the grid the ageing field is built on, and that grid."""
         rng = self._rng(index)
         p = self._draw_parameters(rng, self.age_range)
         ageing, coarse = self.model.coarse_field(p["age"], p["ventricle_log_offset"] + sex_log_offset(p["sex"]))
@@ -161,9 +172,10 @@ class SyntheticCohort:
         warped = warp_image(self._maps, dvf)
         image = torch.clamp(p["gain"] * bias * warped[:, :1] + NOISE_SD * noise, min=0.0)
         volume = float(fields.soft_volume_ml(warped[:, 1:2], self.grid))
-        return Subject(index=int(index), age=p["age"], sex=p["sex"], ventricle_log_offset=p["ventricle_log_offset"],
-                       image=image.contiguous(), labels=warp_labels(self._labels, dvf), ventricle_volume_ml=volume,
-                       dvf=dvf)
+        subject = Subject(index=int(index), age=p["age"], sex=p["sex"], ventricle_log_offset=p["ventricle_log_offset"],
+                          image=image.contiguous(), labels=warp_labels(self._labels, dvf), ventricle_volume_ml=volume,
+                          dvf=dvf)
+        return subject, ageing, coarse
 
     def subjects(self, n: int, start: int = 0) -> Iterator[Subject]:
         """Subjects ``start .. start + n - 1``, made one at a time."""
