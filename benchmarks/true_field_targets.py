@@ -28,7 +28,7 @@ that sample could be expected to win there by faithfully fitting L_morph.
 
 Cost: each subject of the largest size is made once (its ageing field comes from the same integration) and added
 to every size's mean (streamed, one subject in memory at a time); the population limit integrates 2 x nodes
-ageing fields per age. Measured on a 2-core CPU: README "Measured".
+ageing fields per age. Measured on a 2-core CPU: docs/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -48,15 +48,36 @@ def _pair(value: Any, what: str, *, strict_order: bool) -> tuple[float, float]:
     return lo, hi
 
 
+def parse_sex(value: Any) -> float:
+    """0.0 (female) or 1.0 (male) from F / M / female / male (any case) or 0 / 1; ValueError otherwise.
+
+    The one sex parser: conditions, manifests and ``diffdef-prepare``'s participants tables all use it.
+    """
+    number = math.nan
+    if isinstance(value, str):
+        key = value.strip().lower()
+        if key in _SEX_WORDS:
+            return _SEX_WORDS[key]
+        try:
+            number = float(key)
+        except ValueError:
+            pass
+    elif isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        number = float(value)
+    if number in (0.0, 1.0):
+        return number
+    raise ValueError(f"{value!r} is not a sex; use F/M, female/male or 0/1 (0 = female, 1 = male)")
+
+
 def _to_number(name: str, value: Any) -> float:
     """One raw condition value -> float, or a ValueError naming the condition and the value."""
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value.item()
     if name == "sex" and isinstance(value, str):
-        key = value.strip().lower()
-        if key in _SEX_WORDS:
-            return _SEX_WORDS[key]
-        raise ValueError(f"condition 'sex': {value!r} is not one of F, M, female, male, 0, 1")
+        try:
+            return parse_sex(value)
+        except ValueError:
+            raise ValueError(f"condition 'sex': {value!r} is not one of F, M, female, male, 0, 1") from None
     if isinstance(value, (bool, np.bool_)) or value is None:
         raise ValueError(f"condition {name!r}: {value!r} is not a number")
     if isinstance(value, str):

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from diffdef.data.intensity import template_level, to_template_scale
+
 from diffdef.data import (
     ManifestDataset,
     ManifestTable,
@@ -65,9 +67,11 @@ def test_happy_path_values_shapes_normalisation(two_images):
     assert item["path"] == str(root / "img" / "a.nii.gz")
     img = item["image"].numpy()[0]
     assert img.min() >= 0.0 and img.max() <= 1.5
-    scale = np.percentile(vols[0][vols[0] > 0], 99.5)
+    level = template_level(GRID)  # the template's own 99.5th percentile, about 0.99
+    assert 0.95 < level < 1.0
+    scale = np.percentile(vols[0][vols[0] > 0], 99.5) / level
     np.testing.assert_allclose(img, np.clip(vols[0] / scale, 0, 1.5), rtol=1e-5, atol=1e-6)
-    assert img.max() > 1.0  # the brightest 0.5 % sit above 1
+    assert img.max() > level  # the brightest 0.5 % sit above the level
 
     raw = ManifestDataset(table, GRID, normalise="none")[1]["image"].numpy()[0]
     np.testing.assert_array_equal(raw, vols[1])
@@ -221,3 +225,17 @@ def test_cache_and_write_manifest_roundtrip(two_images):
     first.zero_()  # in-place edits of an item never reach the cache
     (root / "img" / "a.nii.gz").unlink()
     np.testing.assert_array_equal(ds[0]["image"].numpy()[0], vols[0])
+
+
+def test_template_scale_is_a_fixed_point_and_idempotent():
+    from diffdef.template import load_template
+
+    t1 = load_template(GRID).t1
+    np.testing.assert_allclose(to_template_scale(t1, GRID), t1, atol=1e-6)
+    rng = np.random.default_rng(0)
+    scanner = (t1 * 873.0 + rng.normal(0, 5, t1.shape) * (t1 > 0)).clip(0)
+    once = to_template_scale(scanner, GRID)
+    np.testing.assert_allclose(to_template_scale(once, GRID), once, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.percentile(once[once > 0], 99.5), template_level(GRID), rtol=1e-5)
+    with pytest.raises(ValueError, match="blank: no positive voxels"):
+        to_template_scale(np.zeros((3, 3, 3)), GRID, name="blank")

@@ -97,4 +97,4 @@ def test_presets_fit_their_grids():
     for preset, grid in (("tiny", "4mm"), ("default", "2mm"), ("paper", "paper")):
         multiple = registration_preset(preset).shape_multiple
         assert all(size % multiple == 0 for size in get_grid(grid).shape), (preset, multiple)
-    assert registration_preset("default").input_downsample == 4  # the 8 mm network (README "Measured")
+    assert registration_preset("default").input_downsample == 4  # the 8 mm network (docs/RESULTS.md)

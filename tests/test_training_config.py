@@ -20,7 +20,7 @@ def test_presets_differ_in_grid_and_budget():
     assert paper["ldm"]["joint_steps"] == 50_000
     assert default["seed"] == 1 and default["data"]["synthetic_seed"] == 0  # the cohort stays the same
     assert not (paper["ldm"]["basis_prefit_samples"] or paper["ldm"]["joint_fit_weight"])
-    # per-subject refinement of the registration fields: measured, not adopted (README "Known limits")
+    # per-subject refinement of the registration fields: measured, not adopted (docs/RESULTS.md)
     assert [cfg["ldm"]["reg_refine_steps"] for cfg in (tiny, default, paper)] == [0, 0, 0]
     with pytest.raises(ValueError, match="unknown preset"):
         preset_config("huge")

@@ -23,13 +23,8 @@ RAS with ``nib.as_closest_canonical`` (axis flips/permutations only, no resampli
 the grid's shape and its affine the grid's affine within 1e-3 mm, else a ``ValueError`` names the file, what
 was expected and what was found. NaN/inf voxels are rejected.
 
-Intensity normalisation (``normalise="percentile"``, the default): divide by the 99.5th percentile of the
-image's positive voxels, then clip to [0, 1.5]. Why: T1 intensities are in arbitrary scanner units, so a
-per-image scale is needed; the 99.5th percentile ignores the few hottest voxels (vessels, fat, resampling
-overshoot) that would make ``x / max`` unstable, and keeping the background out of the statistic makes it
-independent of how much of the field of view is empty. Clipping at 1.5 keeps the brightest 0.5 % of voxels
-bounded without flattening them to 1; negative values (resampling undershoot) are clipped to 0.
-(For non-negative MR images "positive" and "non-zero" voxels are the same set.) ``normalise="none"``
+Intensity normalisation (``normalise="percentile"``, the default): :func:`diffdef.data.intensity.to_template_scale`,
+the convention every image the models see follows (the template's 99.5th percentile). ``normalise="none"``
 returns the stored values unchanged (as float32).
 """
 
@@ -49,7 +44,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from diffdef.data.intensity import to_template_scale
 from diffdef_runtime import atomic
+from diffdef_runtime.conditions import parse_sex
 from diffdef_runtime.grid import Grid, get_grid
 
 __all__ = [
@@ -68,13 +65,10 @@ __all__ = [
 AFFINE_TOLERANCE_MM = 1e-3
 """Largest allowed absolute difference between an image's (RAS) affine and the grid's affine."""
 
-PERCENTILE = 99.5
-CLIP_MAX = 1.5
 NORMALISE_CHOICES = ("percentile", "none")
 
 # Cell contents that mean "no value" (compared case-insensitively after stripping whitespace).
 _MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "none", "null"})
-_SEX_VALUES = {"f": 0.0, "female": 0.0, "m": 1.0, "male": 1.0}
 
 
 class ManifestWarning(UserWarning):
@@ -95,7 +89,7 @@ class ManifestTable:
         skipped: how many data rows were skipped because a condition value was missing.
         conditions: the condition names, in the order asked for.
         csv_path: the manifest file (absolute).
-        total: how many data rows the CSV had (usable + skipped).
+        total: how many data rows the CSV had (usable + skipped, and rows of other splits).
     """
 
     rows: list[dict[str, Any]]
@@ -106,7 +100,7 @@ class ManifestTable:
 
     def __post_init__(self) -> None:
         if self.total < 0:
-            self.total = len(self.rows) + self.skipped
+            self.total = len(self.rows) + self.skipped  # lower bound when rows of other splits were left out
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -147,16 +141,10 @@ def _parse_condition(raw: str | None, name: str, column: str, csv_path: Path, ro
         return None
     where = f"{csv_path}, row {row} (line {line}), column {column!r}"
     if name.strip().casefold() == "sex":
-        key = text.casefold()
-        if key in _SEX_VALUES:
-            return _SEX_VALUES[key]
         try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if value in (0.0, 1.0):
-            return value
-        raise ManifestError(f"{where}: {raw!r} is not a sex; use F/M, female/male or 0/1 (0 = female, 1 = male)")
+            return parse_sex(text)
+        except ValueError as err:
+            raise ManifestError(f"{where}: {err}") from None
     try:
         value = float(text)
     except ValueError:
@@ -166,12 +154,24 @@ def _parse_condition(raw: str | None, name: str, column: str, csv_path: Path, ro
     return value
 
 
+def manifest_columns(csv_path: str | os.PathLike) -> list[str]:
+    """The header of a manifest (CSV, or TSV by extension); a missing file is a ``FileNotFoundError``."""
+    csv_path = Path(csv_path).expanduser()
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"manifest not found: {csv_path}")
+    delimiter = "\t" if csv_path.suffix.lower() == ".tsv" else ","
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        return next(csv.reader(handle, delimiter=delimiter), [])
+
+
 def read_manifest(
     csv_path: str | os.PathLike,
     conditions: Sequence[str] = ("age",),
     image_column: str = "path",
     root: str | os.PathLike | None = None,
     check_files: bool = True,
+    split: str | None = None,
+    path_columns: Sequence[str] = (),
 ) -> ManifestTable:
     """Read a manifest CSV into a :class:`ManifestTable`.
 
@@ -182,6 +182,10 @@ def read_manifest(
         image_column: name of the column of image paths.
         root: folder that relative image paths are relative to; default the CSV's folder.
         check_files: check that every usable row's image file exists (default True).
+        split: keep only the rows whose ``split`` column (written by ``diffdef-prepare``: ``train`` / ``test``)
+            has this value; the column must exist. ``None`` keeps every row.
+        path_columns: other columns of file paths (e.g. ``labels``) to return, resolved like the image paths and
+            keyed by the column name; an empty cell gives ``None``.
 
     Returns:
         The usable rows, with absolute image paths and float condition values.
@@ -217,6 +221,8 @@ def read_manifest(
             raise ManifestError(f"{csv_path}: the file is empty (no header line)")
         path_col = _find_column(fieldnames, image_column, csv_path, "image")
         cond_cols = {name: _find_column(fieldnames, name, csv_path, "condition") for name in conditions}
+        split_col = _find_column(fieldnames, "split", csv_path, "split") if split is not None else None
+        extra_cols = {name: _find_column(fieldnames, name, csv_path, "path") for name in path_columns}
 
         rows: list[dict[str, Any]] = []
         missing_per_column: dict[str, int] = {}
@@ -224,6 +230,8 @@ def read_manifest(
         for record in reader:
             total += 1
             line = reader.line_num
+            if split_col is not None and (record.get(split_col) or "").strip() != split:
+                continue
             values: dict[str, float] = {}
             missing: list[str] = []
             for name, column in cond_cols.items():
@@ -249,12 +257,15 @@ def read_manifest(
                     f"image file not found: {image} (row {total} (line {line}) of {csv_path}, "
                     f"column {path_col!r} = {raw_path!r})"
                 )
-            rows.append({"path": str(image), **values})
+            extra = {name: _resolve(record.get(column), base) for name, column in extra_cols.items()}
+            rows.append({"path": str(image), **values, **extra})
 
     if not rows:
         reason = ""
         if total == 0:
             reason = "it has a header but no data rows"
+        elif split is not None and not missing_per_column:
+            reason = f"no row has split {split!r}"
         else:
             reason = f"all {total} rows lack a value for " + _describe_missing(missing_per_column)
         raise ManifestError(f"{csv_path}: no usable rows ({reason})")
@@ -266,6 +277,14 @@ def read_manifest(
             stacklevel=2,
         )
     return ManifestTable(rows=rows, skipped=skipped, conditions=conditions, csv_path=csv_path, total=total)
+
+
+def _resolve(raw: str | None, base: Path) -> str | None:
+    text = (raw or "").strip()
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    return os.path.normpath(path if path.is_absolute() else base / path)
 
 
 def _describe_missing(missing_per_column: Mapping[str, int]) -> str:
@@ -327,19 +346,14 @@ def _format_cell(value: Any) -> str:
 # --------------------------------------------------------------------------------------------- loading
 
 
-def normalise_intensities(data: np.ndarray, method: str = "percentile", name: str = "image") -> np.ndarray:
-    """Normalise a float32 array as described in the module docstring; ``name`` is used in errors."""
+def normalise_intensities(data: np.ndarray, grid: str | Grid, method: str = "percentile",
+                          name: str = "image") -> np.ndarray:
+    """``to_template_scale`` (``method="percentile"``) or the data unchanged (``"none"``); ``name`` is used in errors."""
     if method == "none":
         return data
     if method != "percentile":
         raise ValueError(f"unknown normalise {method!r}; choose one of {list(NORMALISE_CHOICES)}")
-    positive = data[data > 0]
-    if positive.size == 0:
-        raise ValueError(f"{name}: no positive voxels, cannot normalise intensities (is the image empty?)")
-    scale = float(np.percentile(positive, PERCENTILE))
-    out = data / np.float32(scale)
-    np.clip(out, 0.0, CLIP_MAX, out=out)
-    return out
+    return to_template_scale(data, grid, name=name)
 
 
 def load_grid_image(path: str | os.PathLike, grid: str | Grid, normalise: str = "percentile") -> np.ndarray:
@@ -385,7 +399,7 @@ def load_grid_image(path: str | os.PathLike, grid: str | Grid, normalise: str = 
     if not finite.all():
         bad = int(data.size - np.count_nonzero(finite))
         raise ValueError(f"{path}: {bad} voxel(s) are NaN or infinite; fix or mask the image first")
-    data = normalise_intensities(np.ascontiguousarray(data), normalise, name=str(path))
+    data = normalise_intensities(np.ascontiguousarray(data), grid, normalise, name=str(path))
     return np.ascontiguousarray(data, dtype=np.float32)
 
 

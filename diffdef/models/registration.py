@@ -63,7 +63,7 @@ _REG_PRESETS: dict[str, RegistrationConfig] = {
     "tiny": RegistrationConfig(channels=(4, 8, 8, 8), final_conv_channels=(4,)),
     # 2 mm grid on a 2-core CPU: the UNet runs at 8 mm (20x28x20, two poolings), DVF upsampled to 2 mm. Measured
     # against the 4 mm, three-pooling network: 3x cheaper per step, and within the same CPU budget its
-    # template -> subject fields are far closer to the truth (README "Measured", registration).
+    # template -> subject fields are far closer to the truth (docs/RESULTS.md, registration).
     "default": RegistrationConfig(channels=(16, 32, 32, 32), final_conv_channels=(16, 16), input_downsample=4),
     # the paper's code: encoder (16, 32, 32, 32, 32), decoder (32, 32, 32, 32), head (16, 16), dense DVF
     "paper": RegistrationConfig(channels=(16, 32, 32, 32, 32, 32, 32, 32), final_conv_channels=(16, 16)),

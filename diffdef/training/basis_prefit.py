@@ -18,7 +18,7 @@ CSF Dice at 30 (0.910; template 0.942) and was 0.10 voxel RMS from the target th
 latents per training subject alone it lost 2 ages on ventricle Dice and 1 on CSF; fitted to both (encoded + 2
 drawn per subject) it beat the template at every age on both Dice on the held-out drawn latents, 0.05 voxel RMS
 at 30. In the full ``ldm`` stage, steps that train the decoder or the UNet after the pre-fit undid that gain
-(``README.md``, "Measured"), so ``default`` runs the pre-fit with 2 drawn latents per subject at its last L_diff step
+(``docs/RESULTS.md``), so ``default`` runs the pre-fit with 2 drawn latents per subject at its last L_diff step
 and has no joint phase.
 
 With a diffeomorphic decoder the basis holds a velocity: the targets become velocities by

@@ -15,6 +15,9 @@ import click
               help="tiny: tests (seconds); default: 2 mm synthetic cohort on a CPU; paper: 160x224x160 on a GPU.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="JSON file whose (partial) tree overrides the preset.")
+@click.option("--data", "data_manifest", type=click.Path(dir_okay=False), default=None, metavar="MANIFEST",
+              help="Train on real scans: a manifest written by diffdef-prepare (its train split). Sets the manifest "
+                   "route, the grid of its images and conditions age (+ sex when it has a sex column).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override one setting, e.g. --set ldm.joint_steps=100 --set data.source=manifest.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
@@ -22,19 +25,20 @@ import click
 @click.option("--restart", is_flag=True, help="Discard saved state of these stages and train them again.")
 @click.option("--print-config", is_flag=True, help="Print the resolved configuration and exit.")
 @click.option("-v", "--verbose", is_flag=True)
-def main(stage, preset, config_file, overrides, out_dir, restart, print_config, verbose):
+def main(stage, preset, config_file, data_manifest, overrides, out_dir, restart, print_config, verbose):
     """Train DiffDef: STAGE is ae (autoencoder), reg (registration net), ldm (diffusion + DVF decoder) or all.
 
     A run killed at any moment resumes from its last checkpoint when the same command is run again.
     Data-parallel: `torchrun --nproc-per-node 2 -m diffdef.training.cli all ...`.
 
-    Example: diffdef-train all --preset default --out runs/default
+    Examples: diffdef-train all --preset default --out runs/default
+              diffdef-train all --data data/ixi/manifest.csv --out runs/ixi
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from diffdef.training.config import load_config
 
     try:
-        cfg = load_config(preset, config_file, list(overrides))
+        cfg = load_config(preset, config_file, list(overrides), data_manifest)
     except (ValueError, FileNotFoundError) as err:
         raise click.BadParameter(str(err)) from err
     if print_config:

@@ -35,8 +35,10 @@ def _base() -> dict[str, Any]:
             "grid": "2mm",
             "n_subjects": 200,
             "synthetic_seed": 0,
-            "manifest": None,  # CSV of template-aligned NIfTIs (source = "manifest")
+            "manifest": None,  # CSV of template-aligned NIfTIs (source = "manifest"), e.g. diffdef-prepare's
+            "split": "train",  # manifest rows of this split train (all rows when the manifest has no split column)
             "image_column": "path",
+            "label_scheme": "muse",  # ids of the manifest's label maps (its "labels" column): "muse" or "diffdef"
             "conditions": ["age"],  # any subset of age, sex, ventricle_volume_ml
         },
         "schedule": {  # the paper's public code: scaled-linear betas 0.0015-0.0205, v-prediction
@@ -72,8 +74,11 @@ def _base() -> dict[str, Any]:
             "warmup_targets": "sampled",  # "exact": every subject's field held in memory; "sampled": N per step
             # registration fields relative to the network's field for an identical pair (stage_ldm.identity_bias)
             "reg_bias_correction": False,
+            # where the exact targets' fields come from: "network" (the frozen registration network), "demons" or
+            # "labels" (SimpleITK demons on the images / on the segmentations; training/classical_fields.py)
+            "field_source": "network",
             # refine each field of the exact bank by image matching on the grid / reg_refine_down
-            # (training/refine_fields.py; measured, not adopted: README "Known limits")
+            # (training/refine_fields.py; measured, not adopted: docs/RESULTS.md)
             "reg_refine_steps": 0,
             "reg_refine_lr": 0.05,
             "reg_refine_smooth_weight": 0.1,
@@ -110,9 +115,9 @@ def preset_config(name: str) -> dict[str, Any]:
     cfg["preset"] = name
     cfg["models"] = _models(name)
     if name == "default":
-        # Budget: `diffdef-train all` in <= 30 min on a 2-core CPU (measured; see README "Measured").
+        # Budget: `diffdef-train all` in <= 30 min on a 2-core CPU (measured; see docs/RESULTS.md).
         # seed 1: with seed 0 the registration stage ended with a network that barely registers on a 2-core Xeon
-        # with AVX-512/AMX (2026-12-01; README "Known limits"), though not on the machine measured before.
+        # with AVX-512/AMX (2026-12-01; docs/RESULTS.md), though not on the machine measured before.
         cfg["seed"] = 1
         cfg["data"].update(n_subjects=120)
         cfg["ae"].update(steps=200, batch_size=2, patch_size=[48, 48, 48], adv_start=150)
@@ -121,7 +126,7 @@ def preset_config(name: str) -> dict[str, Any]:
         # to the exact neighbourhood-mean targets (L_morph's first-order minimiser) from the encoded latents and 2
         # latents per subject drawn by the UNet as it is then (599 of 600 steps; only that step's own L_diff update
         # and one batch-1 warm-up update of the basis at basis_lr / basis_coef_lr follow the pre-fit). Measured on
-        # 2026-12-02 (README "Measured"): 90 joint steps after it lost age 30 (ventricle and CSF Dice), both from
+        # 2026-12-02 (docs/RESULTS.md): 90 joint steps after it lost age 30 (ventricle and CSF Dice), both from
         # L_morph on the basis and from the UNet's further L_diff steps moving the drawn latents away from those
         # the basis was fitted to.
         cfg["ldm"].update(unet_steps=600, joint_steps=0, batch_size=16, sample_steps=10, neighbours=3, lr=5e-4,
@@ -135,7 +140,7 @@ def preset_config(name: str) -> dict[str, Any]:
         cfg["ldm"].update(unet_steps=6, joint_steps=4, batch_size=4, neighbours=2, sample_steps=3,
                           decoder_warmup_steps=2, basis_rank=2, warmup_targets="exact",
                           reg_bias_correction=True, basis_prefit_steps=5, basis_prefit_samples=1,
-                          joint_fit_weight=1.0)  # off in default (measured: README "Measured")
+                          joint_fit_weight=1.0)  # off in default (measured: docs/RESULTS.md)
         cfg["run"].update(checkpoint_every=2)
     elif name == "paper":
         cfg["data"].update(grid="paper", n_subjects=2000)
@@ -147,9 +152,42 @@ def preset_config(name: str) -> dict[str, Any]:
     return cfg
 
 
-def load_config(preset: str, config_file: str | Path | None, overrides: list[str]) -> dict[str, Any]:
-    """Preset, then a JSON config file (partial trees merge over the preset), then ``a.b=value`` overrides."""
+def manifest_overrides(manifest: str | Path) -> list[str]:
+    """``--data MANIFEST`` as overrides: the manifest route, its images' grid, conditions age (+ sex when the
+    manifest has a sex column), and the exact targets' field source: ``labels`` (demons on the segmentations) when
+    every row has a label map, else ``demons`` (the registration network does not register real scans:
+    ``diffdef/training/classical_fields.py``). Applied before the user's own ``--set``, which can change any."""
+    import nibabel as nib
+
+    from diffdef.data.manifest import manifest_columns, read_manifest
+    from diffdef_runtime.grid import GRIDS
+
+    path = Path(manifest).expanduser().absolute()
+    columns = {c.strip().casefold() for c in manifest_columns(path)}
+    conditions = ["age", "sex"] if "sex" in columns else ["age"]
+    has_labels = "labels" in columns
+    table = read_manifest(path, conditions=("age",), check_files=False, path_columns=("labels",) if has_labels else ())
+    first = table.rows[0]["path"]
+    field_source = "labels" if has_labels and all(row["labels"] for row in table.rows) else "demons"
+    if not Path(first).is_file():
+        raise FileNotFoundError(f"image file not found: {first} (first row of {path})")
+    shape = tuple(nib.as_closest_canonical(nib.load(first)).shape[:3])
+    grid = next((name for name, g in GRIDS.items() if tuple(g.shape) == shape), None)
+    if grid is None:
+        raise ValueError(f"{path}: its first image {first} is not on a template grid (shape {shape}); prepare the "
+                         "scans with diffdef-prepare first")
+    return ["data.source=manifest", f"data.manifest={json.dumps(str(path))}", f"data.grid={json.dumps(grid)}",
+            f"data.conditions={json.dumps(conditions)}", f"ldm.field_source={json.dumps(field_source)}"]
+
+
+def load_config(preset: str, config_file: str | Path | None, overrides: list[str],
+                data_manifest: str | Path | None = None) -> dict[str, Any]:
+    """Preset, then ``--data`` (:func:`manifest_overrides`), then a JSON config file (partial trees merge over
+    the preset), then ``a.b=value`` overrides."""
     cfg = preset_config(preset)
+    if data_manifest is not None:
+        for item in manifest_overrides(data_manifest):
+            apply_override(cfg, item)
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():

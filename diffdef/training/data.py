@@ -30,6 +30,7 @@ class TrainingData:
     raw_conditions: (M, K) float64 in natural units (years, 0 = F / 1 = M, mL).
     spec: names, normalisation ranges and trained ranges of the conditions.
     grid: the template grid the images live on.
+    labels: (M, D, H, W) int16 label maps (ids of ``label_scheme``), when the manifest has a labels column.
     """
 
     images: torch.Tensor
@@ -37,6 +38,8 @@ class TrainingData:
     raw_conditions: np.ndarray
     spec: ConditionSpec
     grid: Grid
+    labels: torch.Tensor | None = None
+    label_scheme: str = "diffdef"
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -63,17 +66,33 @@ def _synthetic(data_cfg: dict[str, Any], grid: Grid, show_progress: bool) -> tup
     return images, raw
 
 
-def _manifest(data_cfg: dict[str, Any], grid: Grid) -> tuple[torch.Tensor, np.ndarray]:
+def _manifest(data_cfg: dict[str, Any], grid: Grid) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
     from diffdef.data import ManifestDataset, read_manifest
+    from diffdef.data.manifest import manifest_columns
 
     if not data_cfg.get("manifest"):
         raise ValueError("data.source is 'manifest' but data.manifest (a CSV path) is not set")
     names = tuple(data_cfg["conditions"])
-    table = read_manifest(data_cfg["manifest"], conditions=names, image_column=data_cfg["image_column"])
+    split = data_cfg["split"]
+    if split is not None and "split" not in {c.casefold() for c in manifest_columns(data_cfg["manifest"])}:
+        log.warning("%s has no split column: every row trains (diffdef-prepare writes one that keeps a held-out "
+                    "test set apart)", data_cfg["manifest"])
+        split = None
+    has_labels = "labels" in {c.strip().casefold() for c in manifest_columns(data_cfg["manifest"])}
+    table = read_manifest(data_cfg["manifest"], conditions=names, image_column=data_cfg["image_column"],
+                          split=split, path_columns=("labels",) if has_labels else ())
+    log.info("manifest %s: %d subjects%s", data_cfg["manifest"], len(table),
+             f" of split {split!r}" if split is not None else "")
     dataset = ManifestDataset(table, grid)
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
     raw = np.stack([table.values(name) for name in names], axis=1).astype(np.float64)
-    return images, raw
+    labels = None
+    if has_labels and all(row["labels"] for row in table.rows):
+        from diffdef.evaluate.cohort import load_labels
+
+        labels = torch.stack([torch.from_numpy(load_labels(row["labels"], grid).astype(np.int16))
+                              for row in table.rows])
+    return images, raw, labels
 
 
 def load_training_data(data_cfg: dict[str, Any], show_progress: bool = True) -> TrainingData:
@@ -86,9 +105,10 @@ def load_training_data(data_cfg: dict[str, Any], show_progress: bool = True) -> 
     source = data_cfg["source"]
     if source == "synthetic":
         images, raw = _synthetic(data_cfg, grid, show_progress)
+        labels = None
         ranges = SYNTHETIC_RANGES
     elif source == "manifest":
-        images, raw = _manifest(data_cfg, grid)
+        images, raw, labels = _manifest(data_cfg, grid)
         # Real data: normalise by the observed range (sex is always 0..1).
         ranges = {n: ((0.0, 1.0) if n == "sex" else (float(raw[:, k].min()), float(raw[:, k].max())))
                   for k, n in enumerate(names)}
@@ -97,7 +117,8 @@ def load_training_data(data_cfg: dict[str, Any], show_progress: bool = True) -> 
     spec = _spec(names, raw, ranges)
     conditions = torch.from_numpy(spec.normalise({n: raw[:, k] for k, n in enumerate(names)}))
     log.info("training data: %d images on the %s grid, conditions %s", len(images), grid.name, names)
-    return TrainingData(images=images, conditions=conditions, raw_conditions=raw, spec=spec, grid=grid)
+    return TrainingData(images=images, conditions=conditions, raw_conditions=raw, spec=spec, grid=grid,
+                        labels=labels, label_scheme=data_cfg["label_scheme"])
 
 
 def sample_indices(n_items: int, batch: int, generator: torch.Generator) -> torch.Tensor:

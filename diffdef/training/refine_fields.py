@@ -6,7 +6,7 @@ Adam steps minimise the mean squared difference between the coarse template warp
 (the template scaled by the ratio of the two images' means, since the subjects carry a global gain) plus
 ``smooth_weight`` x MONAI's ``DiffusionLoss`` of the coarse field. The result is upsampled back (values x ``down``).
 
-Why it exists, and why it is off (measured on the ``default`` preset, 2026-12-02; README "Known limits"): the
+Why it exists, and why it is off (measured on the ``default`` preset, 2026-12-02; docs/RESULTS.md): the
 neighbourhood-mean targets the DVF decoder is fitted to inherit each registration network's own systematic
 errors, which differ between training seeds: seed 0's target lost CSF Dice to the plain template at 30 and 35,
 seed 2's ventricle Dice at 40 and 45, seed 1's beat it everywhere. With 20 refinement steps (the other settings

@@ -7,8 +7,8 @@ Two phases in one stage (one step counter, so a killed run resumes in either):
    decoded to a DVF, the template is warped by it, and the frozen registration network registers N
    neighbourhood subjects (drawn with Gaussian weights around c) to that atlas; L_morph is their mean
    squared displacement (voxels^2). With ``morph_grad_to_unet`` the final DDIM step keeps its graph, so
-   L_morph also trains the UNet through the last predicted x0 (measured: no effect; README "Known limits").
-   The ``default`` preset has no joint phase (``joint_steps = 0``; README "Measured" says why).
+   L_morph also trains the UNet through the last predicted x0 (measured: no effect; docs/RESULTS.md).
+   The ``default`` preset has no joint phase (``joint_steps = 0``; docs/RESULTS.md says why).
 
 With ``decoder_warmup_steps`` = W > 0 (not in the paper), the last W steps of phase 1 also fit the DVF decoder,
 from a training image's latent, to the Gaussian-weighted mean of the frozen registration network's template ->
@@ -26,7 +26,7 @@ offset, not sampling noise, is what made the L_morph target miss at young ages (
 
 With ``reg_refine_steps`` > 0 (not in the paper; needs exact targets; off in every preset), every field of the
 exact bank is refined per subject by image matching before targets are taken from it
-(:mod:`diffdef.training.refine_fields`; measured in ``README.md``, "Known limits").
+(:mod:`diffdef.training.refine_fields`; measured in ``docs/METHOD.md``).
 
 With ``basis_prefit_steps`` > 0 (not in the paper; needs exact targets), the first warm-up step first fits the
 decoder's field basis alone to the same targets on its own coarse grid, many cheap batched steps at its own rates
@@ -38,7 +38,7 @@ alone read the sampler's latents wrongly (measured in :mod:`diffdef.training.bas
 With ``joint_fit_weight`` = gamma > 0 (not in the paper; needs exact targets), the joint phase's decoder loss is
 ``alpha * L_morph + beta * bending + gamma * L_fit``, where L_fit compares the DVF already decoded for L_morph (from
 the sampled latent) with the exact neighbourhood-mean target of its condition (the warm-up's loss, voxels^2). It
-anchors the decoder to the target while L_morph refines it; measured in ``README.md`` ("Measured": it did not help).
+anchors the decoder to the target while L_morph refines it; measured in ``docs/METHOD.md`` (it did not help).
 
 The DVF decoder's optimiser has one group per part (``DVFDecoder.parameter_groups``): the copied AE decoder and
 head (``dvf_lr``), the field basis's fields (``basis_lr``) and coefficients (``basis_coef_lr``); the schedule
@@ -62,6 +62,7 @@ from diffdef.models.field_basis import FieldBasisConfig
 from diffdef.sampling import sample_latents
 from diffdef.template import load_template
 from diffdef.training.data import TrainingData, draw_neighbours, neighbour_weights, sample_indices
+from diffdef.training.classical_fields import FIELD_SOURCES, demons_fields, label_fields
 from diffdef.training.basis_prefit import basis_grid_targets, prefit_field_basis
 from diffdef.training.distributed import DistContext, broadcast_parameters, no_sync, wrap
 from diffdef.training.loop import StageRun, step_seed
@@ -191,6 +192,16 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
                     ctx: DistContext) -> tuple[StageRun, ConditionalDenoiser, DVFDecoder, float]:
     """Returns the stage, the (unwrapped) denoiser and DVF decoder it trains, and the latent scale."""
     stage = cfg["ldm"]
+    field_source = stage["field_source"]
+    if field_source not in FIELD_SOURCES:
+        raise ValueError(f"ldm.field_source must be one of {FIELD_SOURCES}, got {field_source!r}")
+    if field_source != "network" and stage["warmup_targets"] != "exact":
+        raise ValueError(f"ldm.field_source={field_source!r} builds the exact targets' field bank: it needs "
+                         "ldm.warmup_targets='exact'")
+    if field_source == "labels" and data.labels is None:
+        raise ValueError("ldm.field_source='labels' needs the training subjects' label maps: train on a manifest "
+                         "with a labels column (diffdef-prepare writes one when given segmentations)")
+
     device = ctx.device
     if stage["morph_grad_to_unet"] and not stage["joint_steps"]:
         log.warning("ldm.morph_grad_to_unet=true has no effect with ldm.joint_steps=0 (L_morph is computed in the "
@@ -282,6 +293,10 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
                     "field bank it refines is never built")
 
     def exact_bank() -> torch.Tensor:
+        if not bank and field_source == "demons":
+            bank.append(demons_fields(template, data.images))
+        elif not bank and field_source == "labels":
+            bank.append(label_fields(load_template(data.grid).labels, data.labels, data.label_scheme))
         if not bank:
             bank.append(registration_fields(reg, template, data.images, device, bias_correction=bias_correction,
                                             refine=refine))

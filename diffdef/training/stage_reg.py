@@ -93,7 +93,7 @@ def build_reg_stage(cfg: dict[str, Any], data: TrainingData, ctx: DistContext) -
     return StageRun("reg", steps, {"registration": net}, {"registration": optimizer}, step_fn), net
 
 
-# Why this check exists (measured, README "Known limits"): the registration stage can end with a network that
+# Why this check exists (measured, docs/RESULTS.md): the registration stage can end with a network that
 # barely registers. With the default preset, seed 0 on a 2-core Xeon with AVX-512/AMX (2026-12-01) ended at an
 # end-point error of 1.046 voxels on held-out cohort subjects where the zero field has 1.138, while seed 1 on the
 # same machine reached 0.753 (zero field 1.046 on its subjects), as earlier machines' seed 0 had (0.776).

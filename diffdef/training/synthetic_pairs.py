@@ -2,7 +2,7 @@
 
 Why this exists: trained on image similarity alone, the registration network of the ``default`` budget
 (a few hundred steps on a CPU) does not register - its end-point error on held-out subjects stayed at the
-zero field's (measured with ``benchmarks/registration_accuracy.py``; README "Measured"), so L_morph had no
+zero field's (measured with ``benchmarks/registration_accuracy.py``; docs/RESULTS.md), so L_morph had no
 signal to give the DVF decoder. A training image warped by a known smooth field is a pair whose true DVF is
 known exactly, and the end-point error on it is a far stronger signal per step than similarity (the idea of
 SynthMorph, Hoffmann et al., IEEE TMI 2022, which trains on synthetic pairs only). No library draws
@@ -13,7 +13,7 @@ composed (in random order) with a random individual field - drawn in template sp
 inverses, and each pair is mirrored left-right with probability 1/2. The inverses matter: the ageing fields
 mostly enlarge the ventricles, while L_morph asks the network to register old subjects onto younger-looking
 atlases; trained on enlarging fields only, the network's L_morph was smallest at the plain template for every
-target age (measured, README). They fit real, template-aligned (manifest) images too: only the images change.
+target age (measured: docs/METHOD.md). They fit real, template-aligned (manifest) images too: only the images change.
 """
 
 from __future__ import annotations
