@@ -128,7 +128,7 @@ def plot_volumes(path: Path, result: dict) -> None:
         if name == "template":
             ax.axhline(curve["ventricle_ml"][0], color="tab:gray", ls="--", label="template")
         elif name == "linear_average":
-            ax.step(curve["ages"], curve["ventricle_ml"], where="mid", color="tab:green", label="linear average")
+            ax.step(curve["ages"], curve["ventricle_ml"], where="mid", color="k", ls=":", label="linear average")
         else:
             ax.plot(curve["ages"], curve["ventricle_ml"], lw=2, label=f"{name} atlas")
     ax.set_xlabel("age (years)")
