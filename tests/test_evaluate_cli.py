@@ -101,3 +101,20 @@ def test_end_to_end_with_deformable_and_compare(tiny_checkpoint, cohort, tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert "Demons" in summary["registration"]["method"] and summary["counts"]["deformable_pairs"] == 8
     assert "deformable" in summary["model_beats_template_lv"]
+
+
+def test_a_bundle_on_onnx_runtime_scores_like_its_checkpoint(tiny_checkpoint, tiny_bundle, cohort, tmp_path,
+                                                            one_torch_thread):
+    """--bundle/--backend ort: the exported model gives the checkpoint's Dice (ONNX parity is 1e-4)."""
+    dice = {}
+    for name, source in (("torch", ["--checkpoint", str(tiny_checkpoint)]),
+                         ("ort", ["--bundle", str(tiny_bundle), "--backend", "ort"])):
+        out = tmp_path / name
+        result = CliRunner().invoke(main, ["--manifest", str(cohort), *source, "--out", str(out), "--no-deformable",
+                                           *FAST])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        dice[name] = {r["subject"]: float(r["dice_affine_lateral_ventricles"])
+                      for r in _rows(out / "per_subject.csv") if r["method"] == "model"}
+    assert dice["ort"].keys() == dice["torch"].keys()
+    for subject, value in dice["torch"].items():
+        assert dice["ort"][subject] == pytest.approx(value, abs=0.02)
