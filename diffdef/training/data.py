@@ -74,11 +74,12 @@ def _manifest(data_cfg: dict[str, Any], grid: Grid) -> tuple[torch.Tensor, np.nd
         raise ValueError("data.source is 'manifest' but data.manifest (a CSV path) is not set")
     names = tuple(data_cfg["conditions"])
     split = data_cfg["split"]
-    if split is not None and "split" not in {c.casefold() for c in manifest_columns(data_cfg["manifest"])}:
+    columns = {c.strip().casefold() for c in manifest_columns(data_cfg["manifest"])}
+    if split is not None and "split" not in columns:
         log.warning("%s has no split column: every row trains (diffdef-prepare writes one that keeps a held-out "
                     "test set apart)", data_cfg["manifest"])
         split = None
-    has_labels = "labels" in {c.strip().casefold() for c in manifest_columns(data_cfg["manifest"])}
+    has_labels = "labels" in columns
     table = read_manifest(data_cfg["manifest"], conditions=names, image_column=data_cfg["image_column"],
                           split=split, path_columns=("labels",) if has_labels else ())
     log.info("manifest %s: %d subjects%s", data_cfg["manifest"], len(table),
