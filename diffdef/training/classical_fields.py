@@ -17,6 +17,7 @@ deformable protocol (:mod:`diffdef.evaluate.deformable`); about 2-4 s per subjec
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -41,10 +42,9 @@ def tissue_image(labels: np.ndarray, scheme: str) -> np.ndarray:
 
 
 def _demons_bank(fixed_images, moving: np.ndarray, histogram_matching: bool, desc: str) -> torch.Tensor:
-    from diffdef.evaluate.deformable import REGISTRATION, DemonsSettings, displacement_voxels, register
+    from diffdef.evaluate.deformable import REGISTRATION, displacement_voxels, register
 
-    settings = DemonsSettings(iterations=REGISTRATION.iterations, shrink=REGISTRATION.shrink,
-                              sigma_voxels=REGISTRATION.sigma_voxels, histogram_matching=histogram_matching)
+    settings = dataclasses.replace(REGISTRATION, histogram_matching=histogram_matching)
     fields = [torch.from_numpy(displacement_voxels(register(fixed, moving, settings)))
               for fixed in tqdm(fixed_images, desc=desc, dynamic_ncols=True)]
     return torch.stack(fields)
