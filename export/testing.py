@@ -60,7 +60,7 @@ def make_untrained_checkpoint(out_dir: str | Path, grid: str = "4mm", seed: int 
                               diffeomorphic: bool = False, integration_steps: int = 7, integration_down: int = 1,
                               dvf_std_voxels: float = 0.75, latent_scale: float = 0.3,
                               sample_steps: int = 3, centred: bool = True, basis_rank: int = 2,
-                              basis_std_voxels: float = 0.25) -> Path:
+                              basis_std_voxels: float = 0.25, parts: str | None = None) -> Path:
     """Write a randomly initialised checkpoint folder in the layout of ``diffdef-train``.
 
     Args:
@@ -75,6 +75,8 @@ def make_untrained_checkpoint(out_dir: str | Path, grid: str = "4mm", seed: int 
             default (``ldm.latent_centre``), so exports and runtimes are checked with it.
         basis_rank: rank of the decoder's field basis (0 = none); its fields are on the image grid / 2.
         basis_std_voxels: standard deviation of the basis's random fields, voxels.
+        parts: the DVF decoder's parts (``DVFDecoderConfig.parts``); None = ``decoder+basis`` with a basis, else
+            ``decoder``. Without the decoder part there is no head to randomise and no latent mean to hold.
     Returns:
         ``out_dir`` as a Path.
     """
@@ -89,7 +91,9 @@ def make_untrained_checkpoint(out_dir: str | Path, grid: str = "4mm", seed: int 
             latent_channels=ae_cfg.latent_channels)
         denoiser = ConditionalDenoiser(den_cfg).eval()
         _randomise_zero_layers(denoiser)
-        dec_cfg = DVFDecoderConfig(autoencoder=ae_cfg, diffeomorphic=diffeomorphic,
+        parts = parts or ("decoder+basis" if basis_rank else "decoder")
+        centred = centred and "decoder" in parts
+        dec_cfg = DVFDecoderConfig(autoencoder=ae_cfg, parts=parts, diffeomorphic=diffeomorphic,
                                    integration_steps=integration_steps, integration_down=integration_down,
                                    latent_shape=tuple(g.latent_shape) if centred else None,
                                    basis=FieldBasisConfig(rank=basis_rank, latent_channels=ae_cfg.latent_channels,
@@ -103,7 +107,8 @@ def make_untrained_checkpoint(out_dir: str | Path, grid: str = "4mm", seed: int 
                                                                           generator=generator))
         if centred:
             decoder.set_latent_mean(torch.randn((1, ae_cfg.latent_channels, *g.latent_shape), generator=generator))
-    _randomise_head(decoder, (ae_cfg.latent_channels, *g.latent_shape), generator, dvf_std_voxels)
+    if dec_cfg.has_decoder:
+        _randomise_head(decoder, (ae_cfg.latent_channels, *g.latent_shape), generator, dvf_std_voxels)
 
     save_module(out_dir, "denoiser", denoiser, den_cfg.to_dict())
     save_module(out_dir, "dvf_decoder", decoder, dec_cfg.to_dict())

@@ -201,13 +201,19 @@ def test_diffeomorphic_decoder_export_module_equals_the_decoder(tmp_path, integr
     assert float((integrated - velocity).abs().max()) > 1e-3  # the integration did something
 
 
-@pytest.mark.parametrize("fp16", [False, True])
-def test_decoder_of_the_default_preset_kind_exports_within_tolerance(tmp_path, fp16):
-    # What the default preset ships: a diffeomorphic decoder integrated on a 2x coarser grid, with a field basis.
+@pytest.mark.parametrize("fp16,parts", [(False, "basis"), (True, "basis"), (False, "decoder+basis")])
+def test_decoder_of_the_default_preset_kind_exports_within_tolerance(tmp_path, fp16, parts):
+    # What the default preset ships: a diffeomorphic field basis integrated on a 2x coarser grid ("basis"); its
+    # ONNX graph holds no convolution (no full-resolution pass). "decoder+basis" adds the copied AE decoder.
+    import onnx
+
     from diffdef_export.testing import make_untrained_checkpoint
 
-    ckpt = make_untrained_checkpoint(tmp_path / "c", diffeomorphic=True, integration_down=2, basis_rank=2, seed=5)
+    ckpt = make_untrained_checkpoint(tmp_path / "c", diffeomorphic=True, integration_down=2, basis_rank=2, seed=5,
+                                     parts=parts)
     bundle = Bundle.open(export_bundle(ckpt, tmp_path / "b", fp16=fp16))
+    ops = {node.op_type for node in onnx.load(str(bundle.model_path("dvf_decoder"))).graph.node}
+    assert ("Conv" in ops) == (parts == "decoder+basis")
     inputs = bundle.interface("dvf_decoder").sample_inputs(np.random.default_rng(FRESH_SEED), batch=2)
     got = verify.session(bundle.model_path("dvf_decoder")).run(None, inputs)[0]
     want = _torch_outputs(bundle, "dvf_decoder", inputs)

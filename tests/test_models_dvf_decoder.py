@@ -134,11 +134,11 @@ def test_integration_on_a_coarser_grid():
         DVFDecoderConfig(integration_down=0)
 
 
-def _decoder_with_basis(seed: int = 2) -> DVFDecoder:
+def _decoder_with_basis(parts: str = "decoder+basis", seed: int = 2) -> DVFDecoder:
     from diffdef.models.field_basis import FieldBasisConfig
 
     basis = FieldBasisConfig(rank=2, latent_channels=3, latent_shape=(4, 3, 4), basis_shape=(16, 12, 16))
-    dec = DVFDecoder.from_autoencoder(_ae(), DVFDecoderConfig(autoencoder=autoencoder_preset("tiny"),
+    dec = DVFDecoder.from_autoencoder(_ae(), DVFDecoderConfig(autoencoder=autoencoder_preset("tiny"), parts=parts,
                                                              diffeomorphic=True, basis=basis))
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -146,34 +146,42 @@ def _decoder_with_basis(seed: int = 2) -> DVFDecoder:
     return dec
 
 
-def test_frozen_zero_head_skips_the_decoder_with_the_same_field():
-    dec = _decoder_with_basis()
-    full = dec(_z())
-    assert not dec.head_is_frozen_at_zero()  # trainable head: the decoder's pass runs
-    dec.freeze_decoder()
-    assert dec.head_is_frozen_at_zero()
-    assert all(not p.requires_grad for p in dec.parameter_groups()["decoder"])
-    assert all(p.requires_grad for p in dec.parameter_groups()["basis_fields"] + dec.parameter_groups()["basis_coefficients"])
-    calls = []
-    handle = dec.decoder.register_forward_hook(lambda *_: calls.append(1))
-    skipped = dec(_z())
-    assert not calls  # the AE decoder did not run
-    assert skipped.shape == full.shape == (2, 3, 32, 24, 32)
-    assert torch.equal(skipped, full) and full.abs().max() > 0.1
-    skipped.pow(2).sum().backward()  # the basis still gets its gradient
-    assert dec.basis.fields.grad.abs().sum() > 0
-
-    with torch.no_grad():  # a frozen but non-zero head: the decoder's pass is needed again
-        dec.head.conv.bias.fill_(0.25)
-    assert not dec.head_is_frozen_at_zero()
-    with_head = dec(_z())
-    handle.remove()
-    assert calls and torch.allclose(with_head, dec(_z()))
-    assert not torch.allclose(with_head, full, atol=1e-3)
+def test_basis_alone_has_no_decoder_and_equals_the_sum_with_a_zero_head():
+    both, alone = _decoder_with_basis("decoder+basis"), _decoder_with_basis("basis")
+    alone.basis.load_state_dict(both.basis.state_dict())
+    assert alone.decoder is None and alone.post_quant_conv is None
+    assert not any(isinstance(m, torch.nn.Conv3d) for m in alone.modules())  # no full-resolution convolution
+    assert all(k.startswith("basis.") for k in alone.state_dict())
+    assert alone.parameter_groups()["decoder"] == []
+    z = _z()
+    full = both(z)
+    assert full.shape == (2, 3, 32, 24, 32) and full.abs().max() > 0.1
+    assert torch.equal(alone(z), full)  # the zero head adds exact zeros
+    with torch.no_grad():  # a non-zero head: the sum differs
+        both.head.conv.bias.fill_(0.25)
+    assert not torch.allclose(both(z), full, atol=1e-3)
+    with pytest.raises(AttributeError, match="head"):
+        alone.head
 
 
-def test_frozen_zero_head_without_a_basis_is_the_identity():
-    dec = DVFDecoder.from_autoencoder(_ae(), DVFDecoderConfig(autoencoder=autoencoder_preset("tiny")))
-    dec.freeze_decoder()
-    dvf = dec(_z())
-    assert dvf.shape == (2, 3, 32, 24, 32) and torch.equal(dvf, torch.zeros_like(dvf))
+def test_parts_must_match_the_basis_and_old_files_read_as_before():
+    from diffdef.models.field_basis import FieldBasisConfig
+
+    basis = FieldBasisConfig(rank=2, latent_channels=3, latent_shape=(4, 3, 4), basis_shape=(16, 12, 16))
+    tiny = autoencoder_preset("tiny")
+    with pytest.raises(ValueError, match="parts='basis' needs basis set"):
+        DVFDecoderConfig(autoencoder=tiny, parts="basis")
+    with pytest.raises(ValueError, match="parts='decoder' needs basis None"):
+        DVFDecoderConfig(autoencoder=tiny, basis=basis)
+    with pytest.raises(ValueError, match="parts must be one of"):
+        DVFDecoderConfig(autoencoder=tiny, parts="head")
+    with pytest.raises(ValueError, match="needs the decoder part"):
+        DVFDecoderConfig(autoencoder=tiny, parts="basis", basis=basis, latent_shape=(4, 3, 4))
+    old = DVFDecoderConfig(autoencoder=tiny, parts="decoder+basis", basis=basis).to_dict()
+    del old["parts"]  # a dvf_decoder.json written before the key existed
+    assert DVFDecoderConfig.from_dict(old).parts == "decoder+basis"
+    old["basis"] = None
+    assert DVFDecoderConfig.from_dict(old).parts == "decoder"
+    with pytest.raises(ValueError, match="latent channels"):
+        DVFDecoder.from_autoencoder(build_autoencoder(autoencoder_preset("tiny").replace(latent_channels=2)),
+                                    DVFDecoderConfig(autoencoder=tiny, parts="basis", basis=basis))

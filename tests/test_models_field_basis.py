@@ -69,7 +69,7 @@ def test_bad_config_refused(bad):
 def test_decoder_with_basis_starts_at_identity_and_round_trips(tmp_path):
     torch.manual_seed(0)
     ae = build_autoencoder(autoencoder_preset("tiny"))
-    cfg = DVFDecoderConfig(autoencoder=autoencoder_preset("tiny"), basis=CFG)
+    cfg = DVFDecoderConfig(autoencoder=autoencoder_preset("tiny"), parts="decoder+basis", basis=CFG)
     assert DVFDecoderConfig.from_dict(cfg.to_dict()) == cfg
     dec = DVFDecoder.from_autoencoder(ae, cfg)
     assert torch.equal(dec(_z()), torch.zeros(2, 3, *SIZE))
@@ -88,7 +88,8 @@ def test_decoder_with_basis_starts_at_identity_and_round_trips(tmp_path):
 
 
 def test_parameter_groups_partition_the_decoder():
-    dec = DVFDecoder.from_config(DVFDecoderConfig(autoencoder=autoencoder_preset("tiny"), basis=CFG))
+    dec = DVFDecoder.from_config(DVFDecoderConfig(autoencoder=autoencoder_preset("tiny"), parts="decoder+basis",
+                                                  basis=CFG))
     groups = dec.parameter_groups()
     ids = [id(p) for params in groups.values() for p in params]
     assert len(ids) == len(set(ids)) == len(list(dec.parameters()))

@@ -1,21 +1,22 @@
-"""DVF decoder: the trained autoencoder's decoder with a 3-channel displacement head (DESIGN.md, part 3).
+"""DVF decoder: latent (N, C, d, h, w) -> displacement field (N, 3, 8d, 8h, 8w) in voxels (DESIGN.md, part 3).
 
-``post_quant_conv`` + ``decoder`` exactly as ``AutoencoderKL.decode`` uses them; the decoder's last conv (features
--> 1 image channel) is replaced by a features -> 3 conv initialised to zero weights and bias, so an untrained
-DVF decoder outputs the identity transform (u = 0) whatever the latent. ``diffeomorphic=True`` makes the head a
-stationary velocity field integrated by scaling and squaring (``integrate_svf``), on the output grid or, with
-``integration_down`` = f > 1, on a grid f times coarser (the velocity average-pooled, the displacement upsampled
-trilinearly: VoxelMorph's ``int_downsize``); with f = 2 the integration's forward and backward run on 8x fewer
-voxels (on the default preset's CPU, full-grid integration had made a joint step 3.4 s instead of 2.1 s).
+What produces the field is said by ``DVFDecoderConfig.parts``:
 
-Latent centring (``latent_shape`` set): the diffusion model is trained on *centred* latents
-``(z - mean) * scale``, where ``mean`` is the population-mean latent of the training images (C, d, h, w). Without
-it the shared template dominates every latent and the between-subject (age) signal is a few percent of it, which
-the diffusion model learns poorly. The decoder holds ``mean`` as the buffer ``latent_mean`` and adds it back, so
-``dvf = decoder(z_centred / scale)``: the runtime and the exported ONNX graph stay unchanged.
+- ``"decoder"`` (the paper): ``post_quant_conv`` + ``decoder`` copied from the trained autoencoder, exactly as
+  ``AutoencoderKL.decode`` uses them, with the last conv (features -> 1 image channel) replaced by a features -> 3
+  head initialised to zero weights and bias, so an untrained decoder outputs the identity transform (u = 0).
+- ``"basis"`` (the ``default`` preset): a low-rank, position-aware field read linearly from the latent
+  (``diffdef.models.field_basis`` says why). No full-resolution convolution at all: on the 2 mm grid that pass was
+  most of an atlas's decode time (docs/METHOD.md).
+- ``"decoder+basis"``: their sum.
 
-Field basis (``basis`` set, not in the paper): the head's output plus a low-rank, position-aware field read
-linearly from the latent (``diffdef.models.field_basis``, which says why). Zero at initialisation.
+``diffeomorphic=True`` reads the field as a stationary velocity integrated by scaling and squaring
+(``integrate_svf``), on the output grid or, with ``integration_down`` = f > 1, on a grid f times coarser (the
+velocity average-pooled, the displacement upsampled trilinearly: VoxelMorph's ``int_downsize``).
+
+Latent centring (``latent_shape`` set; decoder part only): the diffusion model works on *centred* latents
+``(z - mean) * scale``. The copied decoder was trained on uncentred latents, so it holds ``mean`` as the buffer
+``latent_mean`` and adds it back: ``dvf = decoder(z_centred / scale)``. The basis reads the centred latent as given.
 """
 
 from __future__ import annotations
@@ -33,15 +34,25 @@ from diffdef.models.autoencoder import AutoencoderConfig, build_autoencoder
 from diffdef.models.field_basis import FieldBasis, FieldBasisConfig
 from diffdef.models.registration import downsample_dvf, upsample_dvf
 
+DVF_DECODER_PARTS = ("decoder", "basis", "decoder+basis")
+
 
 @dataclasses.dataclass(frozen=True)
 class DVFDecoderConfig(ConfigBase):
     autoencoder: AutoencoderConfig = dataclasses.field(default_factory=AutoencoderConfig)
+    parts: str = "decoder"  # one of DVF_DECODER_PARTS: what produces the field (module docstring)
     diffeomorphic: bool = False
     integration_steps: int = 7
     integration_down: int = 1  # integrate on the output grid / this factor (diffeomorphic only)
     latent_shape: tuple[int, int, int] | None = None  # (d, h, w) of the centred latent; None = no centring
-    basis: FieldBasisConfig | None = None  # low-rank field basis added to the head's output; None = off
+    basis: FieldBasisConfig | None = None  # the field basis, when parts includes "basis"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DVFDecoderConfig:
+        """Also reads files written before ``parts`` existed: a decoder, plus the basis when one was configured."""
+        if isinstance(data, dict) and "parts" not in data:
+            data = {**data, "parts": "decoder+basis" if data.get("basis") else "decoder"}
+        return super().from_dict(data)
 
     def __post_init__(self) -> None:
         self._freeze()
@@ -49,8 +60,14 @@ class DVFDecoderConfig(ConfigBase):
             object.__setattr__(self, "basis", FieldBasisConfig.from_dict(self.basis))
         if self.basis is not None and not isinstance(self.basis, FieldBasisConfig):
             raise ValueError(f"basis must be a FieldBasisConfig or None, got {type(self.basis).__name__}")
+        if self.parts not in DVF_DECODER_PARTS:
+            raise ValueError(f"parts must be one of {DVF_DECODER_PARTS}, got {self.parts!r}")
+        if ("basis" in self.parts) != (self.basis is not None):
+            raise ValueError(f"parts={self.parts!r} needs basis {'set' if 'basis' in self.parts else 'None'}")
         if self.latent_shape is not None:
             check_int_tuple("latent_shape", self.latent_shape, 3)
+            if not self.has_decoder:
+                raise ValueError("latent_shape (the copied decoder's latent centring) needs the decoder part")
         if isinstance(self.autoencoder, dict):
             object.__setattr__(self, "autoencoder", AutoencoderConfig.from_dict(self.autoencoder))
         if not isinstance(self.autoencoder, AutoencoderConfig):
@@ -62,26 +79,36 @@ class DVFDecoderConfig(ConfigBase):
         if self.diffeomorphic and self.integration_steps < 1:
             raise ValueError("diffeomorphic=True needs integration_steps >= 1")
 
+    @property
+    def has_decoder(self) -> bool:
+        """True when the copied autoencoder decoder is part of the DVF decoder."""
+        return self.parts in ("decoder", "decoder+basis")
+
 
 class DVFDecoder(nn.Module):
     """``forward(z) -> dvf`` (N, 3, 8d, 8h, 8w), voxels of the image grid, from a latent (N, C, d, h, w).
 
     With ``config.latent_shape`` set, ``z`` is a centred latent (the buffer ``latent_mean``, (1, C, d, h, w), is
-    added before decoding; see the module docstring).
+    added before the copied decoder; see the module docstring).
     """
 
-    def __init__(self, cfg: DVFDecoderConfig, post_quant_conv: nn.Module, decoder: nn.Module) -> None:
+    def __init__(self, cfg: DVFDecoderConfig, post_quant_conv: nn.Module | None = None,
+                 decoder: nn.Module | None = None) -> None:
         super().__init__()
+        if cfg.has_decoder != (decoder is not None and post_quant_conv is not None):
+            raise ValueError(f"parts={cfg.parts!r}: the autoencoder's post_quant_conv and decoder must be given "
+                             f"{'' if cfg.has_decoder else 'only '}when the decoder is a part")
         self.config = cfg
         self.post_quant_conv = post_quant_conv
         self.decoder = decoder
-        last = decoder.blocks[-1]
-        in_ch = last.conv.in_channels if isinstance(last, Convolution) else last.in_channels
-        head = Convolution(spatial_dims=3, in_channels=in_ch, out_channels=3, strides=1, kernel_size=3, padding=1,
-                           conv_only=True)
-        nn.init.zeros_(head.conv.weight)
-        nn.init.zeros_(head.conv.bias)
-        decoder.blocks[-1] = head
+        if decoder is not None:
+            last = decoder.blocks[-1]
+            in_ch = last.conv.in_channels if isinstance(last, Convolution) else last.in_channels
+            head = Convolution(spatial_dims=3, in_channels=in_ch, out_channels=3, strides=1, kernel_size=3,
+                               padding=1, conv_only=True)
+            nn.init.zeros_(head.conv.weight)
+            nn.init.zeros_(head.conv.bias)
+            decoder.blocks[-1] = head
         if cfg.latent_shape is not None:
             self.register_buffer("latent_mean", torch.zeros(1, cfg.autoencoder.latent_channels, *cfg.latent_shape))
         else:
@@ -99,30 +126,14 @@ class DVFDecoder(nn.Module):
 
     @property
     def head(self) -> nn.Module:
-        """The 3-channel output conv (last block of the decoder)."""
+        """The 3-channel output conv (last block of the copied decoder)."""
+        if self.decoder is None:  # nn.Module reports this as "object has no attribute 'head'"
+            raise AttributeError("head")
         return self.decoder.blocks[-1]
 
-    def freeze_decoder(self) -> None:
-        """Freeze the copied AE decoder and its head (the ``"decoder"`` group of :meth:`parameter_groups`): no
-        gradient is computed for them. While the head is frozen at its zero initialisation (the ``default``
-        preset's ``ldm.dvf_lr=0``) the decoder's output is exactly zero whatever the latent, and
-        :meth:`raw_field` skips its full-resolution pass (:meth:`head_is_frozen_at_zero`): the same field, with
-        no pass to run forward or backward. Measured on a 2-core Xeon (2026-12-01; 2 mm grid, one latent):
-        decoder forward + backward 2.3 s with the decoder trainable, 0.8 s frozen, 0 s skipped (its forward alone
-        was 0.56 s)."""
-        for param in self.parameter_groups()["decoder"]:
-            param.requires_grad_(False)
-
-    def head_is_frozen_at_zero(self) -> bool:
-        """True when no head parameter needs a gradient and all are zero (checked per call, so loading trained
-        weights or unfreezing turns the decoder's pass back on; ``requires_grad`` is tested first, so a module
-        being traced for export, whose parameters require gradients, never evaluates the data-dependent test)."""
-        return all(not p.requires_grad for p in self.head.parameters()) and not any(
-            bool(p.any()) for p in self.head.parameters())
-
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """``{"decoder": ..., "basis_fields": ..., "basis_coefficients": ...}`` (the last two empty without a
-        basis): the groups the training stage gives their own learning rates."""
+        """``{"decoder": ..., "basis_fields": ..., "basis_coefficients": ...}`` (empty where a part is absent):
+        the groups the training stage gives their own learning rates."""
         basis_fields = [self.basis.fields] if self.basis is not None else []
         basis_coef = list(self.basis.coefficients.parameters()) if self.basis is not None else []
         in_basis = {id(p) for p in basis_fields + basis_coef}
@@ -131,17 +142,25 @@ class DVFDecoder(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: DVFDecoderConfig) -> DVFDecoder:
-        """Fresh (randomly initialised decoder, zero head): for loading saved weights."""
+        """Fresh (randomly initialised decoder part, zero head, zero basis fields): for loading saved weights."""
+        if not cfg.has_decoder:
+            return cls(cfg)
         ae = build_autoencoder(cfg.autoencoder)
         return cls(cfg, ae.post_quant_conv, ae.decoder)
 
     @classmethod
     def from_autoencoder(cls, ae: AutoencoderKL, cfg: DVFDecoderConfig) -> DVFDecoder:
-        """Copies (deep) a trained autoencoder's ``post_quant_conv`` and decoder; zero head.
+        """A DVF decoder for a trained autoencoder: the decoder part (when configured) deep-copies ``ae``'s
+        ``post_quant_conv`` and decoder; zero head.
 
         ``cfg.autoencoder`` must describe ``ae`` (checked: every copied weight must match by name and shape).
         """
         module = cls.from_config(cfg)
+        if not cfg.has_decoder:
+            if ae.post_quant_conv.in_channels != cfg.autoencoder.latent_channels:
+                raise ValueError(f"autoencoder does not match cfg.autoencoder: {ae.post_quant_conv.in_channels} "
+                                 f"latent channels, config {cfg.autoencoder.latent_channels}")
+            return module
         src = {f"post_quant_conv.{k}": v for k, v in ae.post_quant_conv.state_dict().items()}
         src.update({f"decoder.{k}": v for k, v in ae.decoder.state_dict().items()})
         head_prefix = f"decoder.blocks.{len(module.decoder.blocks) - 1}."
@@ -161,17 +180,15 @@ class DVFDecoder(nn.Module):
         return module
 
     def raw_field(self, z: torch.Tensor) -> torch.Tensor:
-        """Head output (+ the field basis): displacement, or velocity when ``diffeomorphic`` (N, 3, D, H, W), voxels.
-
-        The basis reads ``z`` as given (centred when centring is on)."""
-        if self.head_is_frozen_at_zero():  # its output is exactly zero: skip the full-resolution pass
-            size = tuple(n * self.config.autoencoder.downsample_factor for n in z.shape[2:])
-            if self.basis is None:
-                return z.new_zeros((z.shape[0], 3, *size))
-            return self.basis(z, size)
-        field = self.decoder(self.post_quant_conv(z if self.latent_mean is None else z + self.latent_mean))
+        """The parts' summed output before integration: displacement, or velocity when ``diffeomorphic``,
+        (N, 3, D, H, W) voxels with (D, H, W) = ``downsample_factor`` x the latent's grid."""
+        size = tuple(n * self.config.autoencoder.downsample_factor for n in z.shape[2:])
+        field = None
+        if self.decoder is not None:
+            field = self.decoder(self.post_quant_conv(z if self.latent_mean is None else z + self.latent_mean))
         if self.basis is not None:
-            field = field + self.basis(z, tuple(field.shape[2:]))
+            basis = self.basis(z, size)
+            field = basis if field is None else field + basis
         return field
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -84,8 +84,11 @@ def _base() -> dict[str, Any]:
             "reg_refine_smooth_weight": 0.1,
             "reg_refine_down": 2,
             "diffeomorphic": False,
-            # Low-rank field basis in the DVF decoder (not in the paper; diffdef/models/field_basis.py says why):
-            # K coefficients read from the latent, basis fields on the image grid / basis_down, own learning rates
+            # what the DVF decoder is (diffdef/models/dvf_decoder.py): "decoder" (the paper: the copied AE decoder
+            # with a 3-channel head, trained at dvf_lr), "basis" (the low-rank field basis alone) or "decoder+basis"
+            "dvf_decoder": "decoder",
+            # Low-rank field basis (not in the paper; diffdef/models/field_basis.py says why): K = basis_rank
+            # coefficients read from the latent, basis fields on the image grid / basis_down, own learning rates
             "basis_rank": 0,
             "basis_down": 2,
             "basis_lr": 3e-2,  # voxels per Adam step, roughly
@@ -130,7 +133,7 @@ def preset_config(name: str) -> dict[str, Any]:
         # L_morph on the basis and from the UNet's further L_diff steps moving the drawn latents away from those
         # the basis was fitted to.
         cfg["ldm"].update(unet_steps=600, joint_steps=0, batch_size=16, sample_steps=10, neighbours=3, lr=5e-4,
-                          dvf_lr=0.0, decoder_warmup_steps=1, basis_rank=4, diffeomorphic=True,
+                          dvf_decoder="basis", decoder_warmup_steps=1, basis_rank=4, diffeomorphic=True,
                           warmup_targets="exact", basis_lr=1e-3, basis_coef_lr=1e-4, integration_down=2,
                           reg_bias_correction=True, basis_prefit_steps=1500, basis_prefit_samples=2)
     elif name == "tiny":
@@ -138,7 +141,7 @@ def preset_config(name: str) -> dict[str, Any]:
         cfg["ae"].update(steps=6, batch_size=2, adv_start=3)
         cfg["reg"].update(steps=6, batch_size=2, synthetic_fields=2)
         cfg["ldm"].update(unet_steps=6, joint_steps=4, batch_size=4, neighbours=2, sample_steps=3,
-                          decoder_warmup_steps=2, basis_rank=2, warmup_targets="exact",
+                          decoder_warmup_steps=2, dvf_decoder="decoder+basis", basis_rank=2, warmup_targets="exact",
                           reg_bias_correction=True, basis_prefit_steps=5, basis_prefit_samples=1,
                           joint_fit_weight=1.0)  # off in default (measured: docs/RESULTS.md)
         cfg["run"].update(checkpoint_every=2)

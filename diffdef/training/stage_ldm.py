@@ -40,10 +40,9 @@ With ``joint_fit_weight`` = gamma > 0 (not in the paper; needs exact targets), t
 the sampled latent) with the exact neighbourhood-mean target of its condition (the warm-up's loss, voxels^2). It
 anchors the decoder to the target while L_morph refines it; measured in ``docs/METHOD.md`` (it did not help).
 
-The DVF decoder's optimiser has one group per part (``DVFDecoder.parameter_groups``): the copied AE decoder and
-head (``dvf_lr``), the field basis's fields (``basis_lr``) and coefficients (``basis_coef_lr``); the schedule
-scales each group's own base rate. ``dvf_lr = 0`` freezes the first group (``DVFDecoder.freeze_decoder``): the same
-weights as a zero rate gives, without computing their gradients.
+The DVF decoder's optimiser has one group per part present (``DVFDecoder.parameter_groups``): the copied AE
+decoder and head (``dvf_lr``), the field basis's fields (``basis_lr``) and coefficients (``basis_coef_lr``); the
+schedule scales each group's own base rate. ``ldm.dvf_decoder`` says which parts there are.
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ import torch
 from diffdef.geometry import bending_energy, warp_image
 from diffdef.models.autoencoder import AutoencoderConfig
 from diffdef.models.denoiser import ConditionalDenoiser, DenoiserConfig, drop_conditions
-from diffdef.models.dvf_decoder import DVFDecoder, DVFDecoderConfig
+from diffdef.models.dvf_decoder import DVF_DECODER_PARTS, DVFDecoder, DVFDecoderConfig
 from diffdef.models.field_basis import FieldBasisConfig
 from diffdef.sampling import sample_latents
 from diffdef.template import load_template
@@ -88,10 +87,16 @@ def denoiser_config(cfg: dict[str, Any], n_conditions: int) -> DenoiserConfig:
 
 
 def dvf_decoder_config(cfg: dict[str, Any], latent_shape: tuple[int, int, int] | None = None) -> DVFDecoderConfig:
-    """The DVF decoder of a training config; ``latent_shape`` (d, h, w) when ``ldm.latent_centre`` is on or
-    ``ldm.basis_rank`` > 0."""
+    """The DVF decoder of a training config (``ldm.dvf_decoder`` says its parts); ``latent_shape`` (d, h, w) is
+    needed when ``ldm.latent_centre`` is on or the basis is a part."""
     stage = cfg["ldm"]
-    centre, rank = bool(stage["latent_centre"]), int(stage["basis_rank"])
+    parts, rank = stage["dvf_decoder"], int(stage["basis_rank"])
+    if parts not in DVF_DECODER_PARTS:
+        raise ValueError(f"ldm.dvf_decoder must be one of {DVF_DECODER_PARTS}, got {parts!r}")
+    if ("basis" in parts) != (rank > 0):
+        raise ValueError(f"ldm.dvf_decoder={parts!r} needs ldm.basis_rank {'> 0' if 'basis' in parts else '= 0'}, "
+                         f"got {rank}")
+    centre = bool(stage["latent_centre"]) and "decoder" in parts  # only the copied decoder reads uncentred latents
     if (centre or rank) and latent_shape is None:
         raise ValueError("ldm.latent_centre and ldm.basis_rank need the latent shape")
     ae_cfg = AutoencoderConfig.from_dict(cfg["models"]["autoencoder"])
@@ -104,7 +109,7 @@ def dvf_decoder_config(cfg: dict[str, Any], latent_shape: tuple[int, int, int] |
     if rank:
         basis = FieldBasisConfig(rank=rank, latent_channels=ae_cfg.latent_channels, latent_shape=tuple(latent_shape),
                                  basis_shape=tuple(n // downs["basis_down"] for n in image_shape))
-    return DVFDecoderConfig(autoencoder=ae_cfg, diffeomorphic=bool(stage["diffeomorphic"]),
+    return DVFDecoderConfig(autoencoder=ae_cfg, parts=parts, diffeomorphic=bool(stage["diffeomorphic"]),
                             integration_steps=int(stage["integration_steps"]),
                             integration_down=downs["integration_down"],
                             latent_shape=tuple(latent_shape) if centre else None, basis=basis)
@@ -212,14 +217,9 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
 
     denoiser = ConditionalDenoiser(denoiser_config(cfg, data.conditions.shape[1])).to(device)
     decoder = DVFDecoder.from_autoencoder(ae, dvf_decoder_config(cfg, tuple(latents.shape[2:])))
-    if latent_mean is not None:
+    if decoder.latent_mean is not None:
         decoder.set_latent_mean(latent_mean)
     decoder = decoder.to(device)
-    if stage["dvf_lr"] == 0:  # frozen, not just unchanged: no gradient computed (DVFDecoder.freeze_decoder)
-        if decoder.basis is None:
-            raise ValueError("ldm.dvf_lr=0 freezes the DVF decoder's copied AE decoder and head; with "
-                             "ldm.basis_rank=0 nothing would be left to train")
-        decoder.freeze_decoder()
     reg = reg.to(device).eval().requires_grad_(False)
     unet_ddp, decoder_ddp = wrap(denoiser, ctx), wrap(decoder, ctx)
     if cfg["run"]["compile"]:
