@@ -32,7 +32,7 @@ def denoiser_call(denoiser: torch.nn.Module, latents: torch.Tensor, t: int, cond
 
 
 def sample_latents(denoiser: torch.nn.Module, sampler, initial_noise: torch.Tensor, condition: torch.Tensor,
-                   guidance: float = 1.0, step_noise=None, grad_last_step: bool = False) -> torch.Tensor:
+                   guidance: float = 1.0, step_noise=None) -> torch.Tensor:
     """Run the reverse process from ``initial_noise`` over ``sampler.timesteps``.
 
     Args:
@@ -41,16 +41,13 @@ def sample_latents(denoiser: torch.nn.Module, sampler, initial_noise: torch.Tens
         initial_noise: (N, C, d, h, w) z_T.
         condition: (N, K) normalised conditions.
         step_noise: ``i -> tensor`` giving the noise of step i for stochastic samplers (DDPM), else None.
-        grad_last_step: keep the graph of the final step only (so a loss on the result reaches the denoiser
-            through the last predicted x0); all earlier steps run without gradient.
     Returns:
         (N, C, d, h, w) z_0 in the scaled latent space the denoiser was trained on.
     """
     latents = initial_noise
     steps = list(sampler.timesteps)
     for i, t in enumerate(steps):
-        last = i == len(steps) - 1
-        with torch.set_grad_enabled(grad_last_step and last):
+        with torch.no_grad():
             out = denoiser_call(denoiser, latents, int(t), condition, guidance)
             noise = step_noise(i) if step_noise is not None else None
             latents = sampler.step(out, int(t), latents, noise=noise).prev_sample

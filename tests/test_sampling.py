@@ -1,4 +1,4 @@
-"""PyTorch latent sampling: the morphology-gradient switch (``grad_last_step``) and guidance."""
+"""PyTorch latent sampling: no graph kept, and guidance."""
 
 import torch
 
@@ -19,21 +19,10 @@ def _setup():
     return model, sampler, noise, torch.tensor([[0.7]])
 
 
-def test_switch_off_keeps_no_graph():
+def test_sampling_keeps_no_graph():
     model, sampler, noise, c = _setup()
     z0 = sample_latents(model, sampler, noise, c)
     assert not z0.requires_grad
-
-
-def test_switch_on_sends_the_gradient_into_the_denoiser_through_the_last_step_only():
-    model, sampler, noise, c = _setup()
-    z0 = sample_latents(model, sampler, noise, c, grad_last_step=True)
-    assert z0.requires_grad
-    z0.square().sum().backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    assert grads and sum(float(g.abs().sum()) for g in grads) > 0
-    # same values as without the switch: the switch changes only what the gradient reaches
-    torch.testing.assert_close(z0.detach(), sample_latents(model, sampler, noise, c))
 
 
 def test_guidance_changes_the_sample():

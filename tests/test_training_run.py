@@ -163,19 +163,11 @@ def test_run_cli_with_checkpoint_and_torch_backend(tiny_run, tmp_path):
 
 
 def test_model_checks_run_on_a_trained_checkpoint(tiny_run):
-    """The two diagnostic benchmarks (registration accuracy, DVF-decoder sensitivity) on the tiny run."""
+    """The registration-accuracy benchmark on the tiny run."""
     import re
 
     from click.testing import CliRunner
     from file_helpers import load_benchmark
-
-    result = CliRunner().invoke(load_benchmark("decoder_sensitivity").main,
-                                ["--checkpoint", str(tiny_run), "--subjects", "3"])
-    assert result.exit_code == 0, result.output
-    rows = re.findall(r"^\s*([\d.]+) \|\s+([\d.]+) \|\s+([\d.]+)$", result.output, flags=re.M)
-    assert len(rows) == 3 and all(float(v) > 0 for row in rows for v in row)
-    assert [float(r[0]) for r in rows] == sorted(float(r[0]) for r in rows)  # sorted by age
-    assert "Spearman rho(subject volume, decoded volume)" in result.output
 
     result = CliRunner().invoke(load_benchmark("registration_accuracy").main,
                                 ["--checkpoint", str(tiny_run), "--subjects", "2", "--ages", "30,70",

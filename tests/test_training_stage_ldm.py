@@ -56,39 +56,6 @@ def test_registration_fields_less_the_identity_bias():
     torch.testing.assert_close(corrected, truth)
 
 
-def test_registration_fields_refined_per_subject_after_the_bias_correction():
-    from diffdef.training.refine_fields import RefineSettings, refine_fields
-
-    shape = (4, 6, 4)
-    reg = _BiasedRegistration(shape)
-    g = torch.Generator().manual_seed(1)
-    template, images = torch.rand(1, 1, *shape, generator=g), torch.rand(5, 1, *shape, generator=g)
-    settings = RefineSettings(steps=3, down=1)  # the 4 x 6 x 4 grid is too small to coarsen
-    corrected = registration_fields(reg, template, images, torch.device("cpu"), chunk=2, bias_correction=True)
-    refined = registration_fields(reg, template, images, torch.device("cpu"), chunk=5, bias_correction=True,
-                                  refine=settings)
-    # one chunk: exactly the corrected bank, refined (with smaller chunks the losses' batch means rescale the
-    # gradients, which Adam undoes up to its epsilon)
-    torch.testing.assert_close(refined, refine_fields(template, images, corrected, settings), atol=1e-6, rtol=0)
-    assert float((refined - corrected).abs().max()) > 1e-3
-    with pytest.raises(ValueError, match="reg_refine_steps.*exact"):
-        _tiny_ldm_stage({"reg_refine_steps": 2, "warmup_targets": "sampled", "basis_prefit_steps": 0,
-                         "joint_fit_weight": 0.0})
-    with pytest.raises(ValueError, match="reg_refine_down .3. must divide"):  # the tiny grid is 40 x 56 x 40
-        _tiny_ldm_stage({"reg_refine_steps": 2, "reg_refine_down": 3})
-
-
-def test_refinement_that_cannot_act_warns(caplog):
-    with caplog.at_level("WARNING", logger="diffdef.training.stage_ldm"):
-        _tiny_ldm_stage({"reg_refine_steps": 2, "decoder_warmup_steps": 0, "basis_prefit_steps": 0,
-                         "joint_fit_weight": 0.0})
-    assert "reg_refine_steps > 0 has no effect" in caplog.text
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="diffdef.training.stage_ldm"):
-        _tiny_ldm_stage({"reg_refine_steps": 2})  # tiny warms the decoder up: the bank is built and refined
-    assert "reg_refine_steps" not in caplog.text
-
-
 def test_morphology_residual_is_zero_for_the_atlas_itself_only_when_corrected():
     shape = (4, 6, 4)
     reg = _BiasedRegistration(shape)
@@ -156,42 +123,12 @@ def test_prefit_sees_encoded_and_sampler_drawn_latents_with_their_subjects_targe
     assert seen[2][0].shape[0] == n
 
 
-def test_joint_fit_term_anchors_the_decoder_to_the_exact_target():
-    # alpha = beta = 0: the decoder's only loss in the joint phase is gamma * L_fit, which must then fall when the
-    # same condition and latent are drawn again (same generator seed) after a few steps at a high rate. The fake
-    # registration network's fields (image differences) make the targets non-zero; the decoder starts at zero.
-    from diffdef.template import load_template
-
-    shape = load_template("4mm").torch("t1").shape[2:]
-    run, cfg, _, _ = _tiny_ldm_stage({"joint_fit_weight": 1.0, "alpha": 0.0, "beta": 0.0, "dvf_lr": 1e-3,
-                                      "basis_lr": 3e-2, "basis_coef_lr": 3e-3, "lr_schedule": "constant"},
-                                     reg=_BiasedRegistration(shape))
-    joint = cfg["ldm"]["unet_steps"]
-    fits = []
-    for _ in range(6):
-        fits.append(run.step_fn(joint, torch.Generator().manual_seed(3))["fit"])
-    assert fits[0] > 0 and fits[-1] < 0.5 * fits[0], fits
-    plain, cfg, _, _ = _tiny_ldm_stage({"joint_fit_weight": 0.0})
-    assert "fit" not in plain.step_fn(cfg["ldm"]["unet_steps"], torch.Generator().manual_seed(3))  # off by default
-    with pytest.raises(ValueError, match="joint_fit_weight"):
-        _tiny_ldm_stage({"joint_fit_weight": 1.0, "warmup_targets": "sampled", "basis_prefit_steps": 0})
-
-
 def test_dvf_decoder_parts_must_match_the_basis_rank():
     with pytest.raises(ValueError, match="dvf_decoder='basis' needs ldm.basis_rank > 0"):
         _tiny_ldm_stage({"dvf_decoder": "basis", "basis_rank": 0, "basis_prefit_steps": 0})
     with pytest.raises(ValueError, match="dvf_decoder='decoder' needs ldm.basis_rank = 0"):
         _tiny_ldm_stage({"dvf_decoder": "decoder"})
 
-
-def test_morph_gradient_switch_without_a_joint_phase_warns(caplog):
-    with caplog.at_level("WARNING", logger="diffdef.training.stage_ldm"):
-        _tiny_ldm_stage({"morph_grad_to_unet": True, "joint_steps": 0})
-    assert any("morph_grad_to_unet=true has no effect with ldm.joint_steps=0" in r.getMessage() for r in caplog.records)
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="diffdef.training.stage_ldm"):
-        _tiny_ldm_stage({"morph_grad_to_unet": True})  # tiny has a joint phase: no warning
-    assert not any("morph_grad_to_unet" in r.getMessage() for r in caplog.records)
 
 
 def test_basis_only_decoder_trains_the_basis_without_a_copied_decoder():

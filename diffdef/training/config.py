@@ -1,18 +1,162 @@
-"""Training configuration: one JSON-able tree, three presets, dotted CLI overrides.
+"""Training configuration: one typed section per stage, three presets, dotted CLI overrides.
 
-A run's configuration is saved as ``config.json`` in its output folder; a resumed run must have the same
-configuration (the training state records its hash).
+Each section is a dataclass whose defaults are the ``default`` preset; ``tiny`` and ``paper`` are short lists of
+differences. The tree the stages read is plain JSON (``config.json`` in the output folder); every value is checked
+against its field's type when the tree is loaded, so an unknown key or a wrong type is an error naming the key.
+A resumed run must have the same configuration (the training state records each stage's hash).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 PRESETS = ("tiny", "default", "paper")
+
+
+@dataclasses.dataclass
+class DataSection:
+    source: str = "synthetic"  # "synthetic" (embedded default) or "manifest"
+    grid: str = "2mm"
+    n_subjects: int = 120  # synthetic cohort size
+    synthetic_seed: int = 0
+    manifest: str | None = None  # CSV of template-aligned NIfTIs (source = "manifest"), e.g. diffdef-prepare's
+    split: str | None = "train"  # manifest rows of this split train (all rows when the manifest has no split column)
+    image_column: str = "path"
+    label_scheme: str = "muse"  # ids of the manifest's label maps (its "labels" column): "muse" or "diffdef"
+    conditions: list[str] = dataclasses.field(default_factory=lambda: ["age"])  # subset of age, sex, ventricle_volume_ml
+
+
+@dataclasses.dataclass
+class ScheduleSection:
+    """The paper's public code: scaled-linear betas 0.0015-0.0205, v-prediction."""
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.0015
+    beta_end: float = 0.0205
+    prediction_type: str = "v_prediction"
+    clip_sample: bool = False
+
+
+@dataclasses.dataclass
+class AESection:
+    steps: int = 200
+    batch_size: int = 2
+    lr: float = 2e-4
+    kl_weight: float = 1e-8
+    adv_weight: float = 0.01
+    adv_start: int = 150
+    disc_lr: float = 2e-4
+    patch_size: list[int] | None = dataclasses.field(default_factory=lambda: [48, 48, 48])  # None = whole images
+
+
+@dataclasses.dataclass
+class RegSection:
+    """VoxelMorph's regularisation weights: 0.01 with MSE on [0, 1] images, 1.0 with (L)NCC. ``synthetic_fields``
+    > 0: pairs warped by a bank of that many known fields (+ inverses; 550 MB on the 2 mm grid for 32) and a
+    supervised end-point error; ``template_fixed_prob`` is then unused."""
+    steps: int = 1200
+    batch_size: int = 2
+    lr: float = 1e-3
+    similarity: str = "mse"
+    smooth_weight: float = 0.01
+    template_fixed_prob: float = 0.3
+    synthetic_fields: int = 32
+    supervised_weight: float = 1.0
+    lr_schedule: str = "cosine"
+
+
+@dataclasses.dataclass
+class LDMSection:
+    """The diffusion model and the DVF decoder (``diffdef.training.stage_ldm`` says what each part does)."""
+    unet_steps: int = 600  # L_diff only, before the DVF decoder's joint phase
+    joint_steps: int = 0  # L_diff on the UNet + alpha*L_morph + beta*bending on the DVF decoder (docs/METHOD.md)
+    batch_size: int = 16
+    lr: float = 5e-4
+    dvf_lr: float = 2e-4  # the copied AE decoder's rate (dvf_decoder "decoder" or "decoder+basis")
+    condition_dropout: float = 0.1
+    alpha: float = 1.0
+    beta: float = 0.5
+    neighbours: int = 3  # N; the paper uses 15
+    neighbour_sigma: float = 0.05  # Gaussian width on the normalised condition
+    sample_steps: int = 10  # DDIM steps used to draw latents for L_morph and the pre-fit
+    # the last W L_diff steps also fit the decoder to the exact neighbourhood-mean fields (the basis pre-fit runs
+    # at the first of them)
+    decoder_warmup_steps: int = 1
+    reg_bias_correction: bool = True  # fields relative to the network's identical-pair field (stage_ldm.identity_bias)
+    # where the exact targets' fields come from: "network" (the frozen registration network), "demons" or
+    # "labels" (SimpleITK demons on the images / on the segmentations; training/classical_fields.py)
+    field_source: str = "network"
+    diffeomorphic: bool = True
+    # what the DVF decoder is (diffdef/models/dvf_decoder.py): "decoder" (the paper: the copied AE decoder with a
+    # 3-channel head), "basis" (the low-rank field basis alone) or "decoder+basis"
+    dvf_decoder: str = "basis"
+    # the field basis (not in the paper; diffdef/models/field_basis.py): K = basis_rank coefficients read from the
+    # latent, basis fields on the image grid / basis_down, own learning rates
+    basis_rank: int = 4
+    basis_down: int = 2
+    basis_lr: float = 1e-3
+    basis_coef_lr: float = 1e-4
+    basis_prefit_steps: int = 1500  # fit the basis alone to the exact targets first (training/basis_prefit.py)
+    basis_prefit_batch: int = 8
+    basis_prefit_lr: float = 1e-2  # the pre-fit's own rates (fields, coefficients)
+    basis_prefit_coef_lr: float = 1e-3
+    basis_prefit_samples: int = 2  # K UNet-drawn latents per training subject added to the pre-fit's inputs
+    integration_steps: int = 7
+    integration_down: int = 2  # integrate the velocity on the image grid / this factor
+    latent_scale: float | None = None  # None: 1 / std of the training latents (after centring)
+    latent_centre: bool = True  # subtract the population-mean latent (an improvement over the paper's code)
+    lr_schedule: str = "cosine"  # "constant" or "cosine" (to 0.1 x lr; UNet over the stage, DVF over its phase)
+
+
+@dataclasses.dataclass
+class RunSection:
+    device: str = "auto"
+    mixed_precision: bool = False
+    compile: bool = False
+    checkpoint_every: int = 50
+    grad_accumulation: int = 1
+    num_threads: int = 0  # 0: torch's default
+
+
+SECTIONS: dict[str, type] = {"data": DataSection, "schedule": ScheduleSection, "ae": AESection, "reg": RegSection,
+                             "ldm": LDMSection, "run": RunSection}
+DEFAULT_SEED = 1  # with seed 0 the registration stage ended with a network that barely registers (docs/RESULTS.md)
+
+# Each preset as its differences from ``default`` (the sections' defaults).
+PRESET_CHANGES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "tiny": {  # tests, seconds: 4 mm grid, every phase a few steps
+        "seed": 0,
+        "data": {"grid": "4mm", "n_subjects": 12, "conditions": ["age", "sex"]},
+        "ae": {"steps": 6, "adv_start": 3, "patch_size": None},
+        "reg": {"steps": 6, "synthetic_fields": 2, "lr_schedule": "constant"},
+        "ldm": {"unet_steps": 6, "joint_steps": 4, "batch_size": 4, "lr": 2e-4, "neighbours": 2, "sample_steps": 3,
+                "decoder_warmup_steps": 2, "dvf_decoder": "decoder+basis", "basis_rank": 2, "diffeomorphic": False,
+                "basis_lr": 3e-2, "basis_coef_lr": 3e-3, "basis_prefit_steps": 5, "basis_prefit_samples": 1,
+                "integration_down": 1},
+        "run": {"checkpoint_every": 2},
+    },
+    "paper": {  # the paper's sizes and its public code's settings, for a GPU
+        "seed": 0,
+        "data": {"grid": "paper", "n_subjects": 2000},
+        "ae": {"steps": 100_000, "lr": 1e-4, "adv_start": 10_000, "patch_size": None},
+        "reg": {"steps": 50_000, "similarity": "lncc", "smooth_weight": 1.0, "synthetic_fields": 0,
+                "lr_schedule": "constant"},
+        "ldm": {"unet_steps": 50_000, "joint_steps": 50_000, "batch_size": 8, "lr": 2.5e-5, "dvf_lr": 1e-5,
+                "neighbours": 15, "sample_steps": 20, "decoder_warmup_steps": 0, "reg_bias_correction": False,
+                "diffeomorphic": False, "dvf_decoder": "decoder", "basis_rank": 0, "basis_lr": 3e-2,
+                "basis_coef_lr": 3e-3, "basis_prefit_steps": 0, "basis_prefit_samples": 0, "integration_down": 1,
+                "latent_scale": 0.3, "latent_centre": False, "lr_schedule": "constant"},
+        "run": {"mixed_precision": True, "checkpoint_every": 1000},
+    },
+}
 
 
 def _models(preset: str) -> dict[str, Any]:
@@ -27,132 +171,57 @@ def _models(preset: str) -> dict[str, Any]:
     }
 
 
-def _base() -> dict[str, Any]:
-    return {
-        "seed": 0,
-        "data": {
-            "source": "synthetic",  # "synthetic" (embedded default) or "manifest"
-            "grid": "2mm",
-            "n_subjects": 200,
-            "synthetic_seed": 0,
-            "manifest": None,  # CSV of template-aligned NIfTIs (source = "manifest"), e.g. diffdef-prepare's
-            "split": "train",  # manifest rows of this split train (all rows when the manifest has no split column)
-            "image_column": "path",
-            "label_scheme": "muse",  # ids of the manifest's label maps (its "labels" column): "muse" or "diffdef"
-            "conditions": ["age"],  # any subset of age, sex, ventricle_volume_ml
-        },
-        "schedule": {  # the paper's public code: scaled-linear betas 0.0015-0.0205, v-prediction
-            "num_train_timesteps": 1000,
-            "beta_schedule": "scaled_linear",
-            "beta_start": 0.0015,
-            "beta_end": 0.0205,
-            "prediction_type": "v_prediction",
-            "clip_sample": False,
-        },
-        "ae": {"steps": 300, "batch_size": 1, "lr": 2e-4, "kl_weight": 1e-8, "adv_weight": 0.01,
-               "adv_start": 200, "disc_lr": 2e-4, "patch_size": None},
-        # VoxelMorph's regularisation weights: 0.01 with MSE on [0, 1] images, 1.0 with (L)NCC.
-        # synthetic_fields > 0: pairs warped by a bank of that many known fields (+ their inverses; 2 x 3 x D x H x W
-        # floats: 550 MB on the 2 mm grid), + supervised end-point error; template_fixed_prob is then unused
-        "reg": {"steps": 300, "batch_size": 1, "lr": 1e-3, "similarity": "mse", "smooth_weight": 0.01,
-                "template_fixed_prob": 0.3, "synthetic_fields": 0, "supervised_weight": 1.0, "lr_schedule": "constant"},
-        "ldm": {
-            "unet_steps": 2000,  # L_diff only, before the DVF decoder starts
-            "joint_steps": 150,  # L_diff on the UNet + alpha*L_morph + beta*bending on the DVF decoder
-            "batch_size": 16,
-            "lr": 2e-4,
-            "dvf_lr": 2e-4,
-            "condition_dropout": 0.1,
-            "alpha": 1.0,
-            "beta": 0.5,
-            "neighbours": 4,  # N; the paper uses 15
-            "neighbour_sigma": 0.05,  # Gaussian width on the normalised condition
-            "sample_steps": 20,  # DDIM steps used to draw the latent for L_morph
-            "morph_grad_to_unet": False,
-            "joint_fit_weight": 0.0,  # gamma: joint-phase DVF also fitted to the exact target of its condition
-            "decoder_warmup_steps": 0,  # last L_diff steps also fit the decoder to neighbourhood-mean reg-net fields
-            "warmup_targets": "sampled",  # "exact": every subject's field held in memory; "sampled": N per step
-            # registration fields relative to the network's field for an identical pair (stage_ldm.identity_bias)
-            "reg_bias_correction": False,
-            # where the exact targets' fields come from: "network" (the frozen registration network), "demons" or
-            # "labels" (SimpleITK demons on the images / on the segmentations; training/classical_fields.py)
-            "field_source": "network",
-            # refine each field of the exact bank by image matching on the grid / reg_refine_down
-            # (training/refine_fields.py; measured, not adopted: docs/RESULTS.md)
-            "reg_refine_steps": 0,
-            "reg_refine_lr": 0.05,
-            "reg_refine_smooth_weight": 0.1,
-            "reg_refine_down": 2,
-            "diffeomorphic": False,
-            # what the DVF decoder is (diffdef/models/dvf_decoder.py): "decoder" (the paper: the copied AE decoder
-            # with a 3-channel head, trained at dvf_lr), "basis" (the low-rank field basis alone) or "decoder+basis"
-            "dvf_decoder": "decoder",
-            # Low-rank field basis (not in the paper; diffdef/models/field_basis.py says why): K = basis_rank
-            # coefficients read from the latent, basis fields on the image grid / basis_down, own learning rates
-            "basis_rank": 0,
-            "basis_down": 2,
-            "basis_lr": 3e-2,  # voxels per Adam step, roughly
-            "basis_coef_lr": 3e-3,
-            # before the warm-up, fit the basis alone (cheap) to the exact targets (training/basis_prefit.py)
-            "basis_prefit_steps": 0,
-            "basis_prefit_batch": 8,
-            "basis_prefit_lr": 1e-2,  # the pre-fit's own rates (fields, coefficients)
-            "basis_prefit_coef_lr": 1e-3,
-            "basis_prefit_samples": 0,  # K UNet-drawn latents per training subject added to the pre-fit's inputs
-            "integration_steps": 7,
-            "integration_down": 1,  # integrate the velocity on the image grid / this factor
-            "latent_scale": None,  # None: 1 / std of the training latents (after centring)
-            "latent_centre": True,  # subtract the population-mean latent (an improvement over the paper's code)
-            "lr_schedule": "cosine",  # "constant" or "cosine" (to 0.1 x lr; UNet over the stage, DVF over its phase)
-        },
-        "run": {"device": "auto", "mixed_precision": False, "compile": False, "checkpoint_every": 50,
-                "grad_accumulation": 1, "num_threads": 0},
-    }
-
-
 def preset_config(name: str) -> dict[str, Any]:
     """The configuration tree of preset ``tiny`` (tests, seconds), ``default`` (2 mm, 2-core CPU) or ``paper``."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
-    cfg = _base()
-    cfg["preset"] = name
-    cfg["models"] = _models(name)
-    if name == "default":
-        # Budget: `diffdef-train all` in <= 30 min on a 2-core CPU (measured; see docs/RESULTS.md).
-        # seed 1: with seed 0 the registration stage ended with a network that barely registers on a 2-core Xeon
-        # with AVX-512/AMX (2026-12-01; docs/RESULTS.md), though not on the machine measured before.
-        cfg["seed"] = 1
-        cfg["data"].update(n_subjects=120)
-        cfg["ae"].update(steps=200, batch_size=2, patch_size=[48, 48, 48], adv_start=150)
-        cfg["reg"].update(steps=1200, batch_size=2, synthetic_fields=32, lr_schedule="cosine")
-        # No joint phase: the DVF decoder's basis is pre-fitted at the last L_diff step (decoder_warmup_steps=1)
-        # to the exact neighbourhood-mean targets (L_morph's first-order minimiser) from the encoded latents and 2
-        # latents per subject drawn by the UNet as it is then (599 of 600 steps; only that step's own L_diff update
-        # and one batch-1 warm-up update of the basis at basis_lr / basis_coef_lr follow the pre-fit). Measured on
-        # 2026-12-02 (docs/RESULTS.md): 90 joint steps after it lost age 30 (ventricle and CSF Dice), both from
-        # L_morph on the basis and from the UNet's further L_diff steps moving the drawn latents away from those
-        # the basis was fitted to.
-        cfg["ldm"].update(unet_steps=600, joint_steps=0, batch_size=16, sample_steps=10, neighbours=3, lr=5e-4,
-                          dvf_decoder="basis", decoder_warmup_steps=1, basis_rank=4, diffeomorphic=True,
-                          warmup_targets="exact", basis_lr=1e-3, basis_coef_lr=1e-4, integration_down=2,
-                          reg_bias_correction=True, basis_prefit_steps=1500, basis_prefit_samples=2)
-    elif name == "tiny":
-        cfg["data"].update(grid="4mm", n_subjects=12, conditions=["age", "sex"])
-        cfg["ae"].update(steps=6, batch_size=2, adv_start=3)
-        cfg["reg"].update(steps=6, batch_size=2, synthetic_fields=2)
-        cfg["ldm"].update(unet_steps=6, joint_steps=4, batch_size=4, neighbours=2, sample_steps=3,
-                          decoder_warmup_steps=2, dvf_decoder="decoder+basis", basis_rank=2, warmup_targets="exact",
-                          reg_bias_correction=True, basis_prefit_steps=5, basis_prefit_samples=1,
-                          joint_fit_weight=1.0)  # off in default (measured: docs/RESULTS.md)
-        cfg["run"].update(checkpoint_every=2)
-    elif name == "paper":
-        cfg["data"].update(grid="paper", n_subjects=2000)
-        cfg["ae"].update(steps=100_000, batch_size=2, lr=1e-4, adv_start=10_000)
-        cfg["reg"].update(steps=50_000, batch_size=2, similarity="lncc", smooth_weight=1.0)
-        cfg["ldm"].update(unet_steps=50_000, joint_steps=50_000, batch_size=8, neighbours=15, lr=2.5e-5,
-                          dvf_lr=1e-5, latent_scale=0.3, latent_centre=False, lr_schedule="constant")
-        cfg["run"].update(mixed_precision=True, checkpoint_every=1000)
+    cfg: dict[str, Any] = {"seed": DEFAULT_SEED, "preset": name, "models": _models(name)}
+    cfg.update({section: dataclasses.asdict(cls()) for section, cls in SECTIONS.items()})
+    _merge(cfg, copy.deepcopy(PRESET_CHANGES[name]), f"preset {name}")
     return cfg
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field annotation (int for float is fine; bool is not an int)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def check_config(cfg: dict[str, Any], origin: str = "configuration") -> None:
+    """Check every section's keys and value types against its dataclass; errors name the dotted key."""
+    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
+        raise ValueError(f"{origin}: 'seed' must be an int, got {cfg.get('seed')!r}")
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        values = cfg[section]
+        for key, value in values.items():
+            if key not in hints:
+                raise ValueError(f"{origin}: unknown configuration key '{section}.{key}' (known: {sorted(hints)})")
+            if not _type_ok(value, hints[key]):
+                raise ValueError(f"{origin}: '{section}.{key}' must be {_type_name(hints[key])}, got {value!r}")
+        missing = sorted(set(hints) - set(values))
+        if missing:
+            raise ValueError(f"{origin}: section '{section}' lacks {missing}")
+
+
+def _type_name(hint: Any) -> str:
+    """``int``, ``list[str]``, ``float | None``: the annotation as written."""
+    if isinstance(hint, type) and typing.get_origin(hint) is None:
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
 
 
 def manifest_overrides(manifest: str | Path) -> list[str]:
@@ -200,8 +269,10 @@ def load_config(preset: str, config_file: str | Path | None, overrides: list[str
         except json.JSONDecodeError as err:
             raise ValueError(f"config file {path} is not valid JSON: {err}") from err
         _merge(cfg, file_cfg, str(path))
+        check_config(cfg, str(path))
     for item in overrides:
         apply_override(cfg, item)
+    check_config(cfg, "--set" if overrides else "preset")
     return cfg
 
 

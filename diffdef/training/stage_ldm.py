@@ -6,39 +6,26 @@ Two phases in one stage (one step counter, so a killed run resumes in either):
    a latent is sampled at a target condition c with the full DDIM loop (no gradient, as the paper's code),
    decoded to a DVF, the template is warped by it, and the frozen registration network registers N
    neighbourhood subjects (drawn with Gaussian weights around c) to that atlas; L_morph is their mean
-   squared displacement (voxels^2). With ``morph_grad_to_unet`` the final DDIM step keeps its graph, so
-   L_morph also trains the UNet through the last predicted x0 (measured: no effect; docs/RESULTS.md).
-   The ``default`` preset has no joint phase (``joint_steps = 0``; docs/RESULTS.md says why).
+   squared displacement (voxels^2). The ``default`` preset has no joint phase (``joint_steps = 0``;
+   docs/METHOD.md says why).
 
 With ``decoder_warmup_steps`` = W > 0 (not in the paper), the last W steps of phase 1 also fit the DVF decoder,
 from a training image's latent, to the Gaussian-weighted mean of the frozen registration network's template ->
-subject fields over that image's neighbourhood (mean squared end-point error, voxels^2): exactly, from a bank of
-every training subject's field (``warmup_targets = "exact"``), or estimated from ``neighbours`` drawn subjects
-(``"sampled"``, for cohorts whose bank would not fit in memory). That is the neighbourhood-mean field, the
-first-order minimiser of L_morph, so the joint phase starts nearer its optimum.
-Measured reason: after the default joint phase alone the decoder returned nearly one field for every latent
-(``benchmarks/decoder_sensitivity.py``); fitting each subject's own field instead taught it individual fields.
+subject fields over that image's neighbourhood (mean squared end-point error, voxels^2), computed exactly from a
+bank of every training subject's field. That is the neighbourhood-mean field, the first-order minimiser of L_morph,
+so the joint phase starts nearer its optimum (docs/METHOD.md says what it measured).
 
 With ``reg_bias_correction`` (not in the paper), every registration field the stage uses is taken relative to what
 the frozen network returns for an identical pair: warm-up targets ``reg(T, S) - reg(T, T)``, L_morph residuals
 ``reg(S, A) - reg(A, A)``. A perfect network returns zero there; the ``default`` network does not, and that
 offset, not sampling noise, is what made the L_morph target miss at young ages (:func:`identity_bias` says how much).
 
-With ``reg_refine_steps`` > 0 (not in the paper; needs exact targets; off in every preset), every field of the
-exact bank is refined per subject by image matching before targets are taken from it
-(:mod:`diffdef.training.refine_fields`; measured in ``docs/METHOD.md``).
-
-With ``basis_prefit_steps`` > 0 (not in the paper; needs exact targets), the first warm-up step first fits the
+With ``basis_prefit_steps`` > 0 (not in the paper), the first warm-up step first fits the
 decoder's field basis alone to the same targets on its own coarse grid, many cheap batched steps at its own rates
 (:mod:`diffdef.training.basis_prefit` says why and what it measured). With ``basis_prefit_samples`` = K > 0 the fit
 also sees K latents per training subject drawn by the UNet (as trained so far) at that subject's condition, with the
 subject's target: the decoder is later fed sampled latents, not encoded ones, and a basis fitted to encoded latents
 alone read the sampler's latents wrongly (measured in :mod:`diffdef.training.basis_prefit`).
-
-With ``joint_fit_weight`` = gamma > 0 (not in the paper; needs exact targets), the joint phase's decoder loss is
-``alpha * L_morph + beta * bending + gamma * L_fit``, where L_fit compares the DVF already decoded for L_morph (from
-the sampled latent) with the exact neighbourhood-mean target of its condition (the warm-up's loss, voxels^2). It
-anchors the decoder to the target while L_morph refines it; measured in ``docs/METHOD.md`` (it did not help).
 
 The DVF decoder's optimiser has one group per part present (``DVFDecoder.parameter_groups``): the copied AE
 decoder and head (``dvf_lr``), the field basis's fields (``basis_lr``) and coefficients (``basis_coef_lr``); the
@@ -66,7 +53,6 @@ from diffdef.training.basis_prefit import basis_grid_targets, prefit_field_basis
 from diffdef.training.distributed import DistContext, broadcast_parameters, no_sync, wrap
 from diffdef.training.loop import StageRun, step_seed
 from diffdef.training.lr_schedule import decayed_lr
-from diffdef.training.refine_fields import RefineSettings, refine_fields
 from diffdef_runtime.schedulers import DDIMSampler, ScheduleConfig, add_noise, noise_coefficients, training_target
 
 log = logging.getLogger(__name__)
@@ -135,6 +121,16 @@ def normalise_latents(latents: torch.Tensor, centre: bool, scale: float | None
 EXACT_TARGETS_MAX_GB = 8.0
 
 
+def check_bank_size(images: torch.Tensor) -> None:
+    """Refuse a field bank (one (3, D, H, W) float32 field per image of ``images`` (M, 1, D, H, W)) above
+    ``EXACT_TARGETS_MAX_GB``: every DDP process holds it."""
+    gb = images.shape[0] * 3 * images[0].numel() * 4 / 2**30
+    if gb > EXACT_TARGETS_MAX_GB:
+        raise ValueError(f"the decoder warm-up's field bank would hold {gb:.1f} GB for {images.shape[0]} images "
+                         f"(limit {EXACT_TARGETS_MAX_GB:g} GB): train on fewer subjects or a coarser grid, or set "
+                         "ldm.decoder_warmup_steps=0")
+
+
 def identity_bias(reg: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
     """``reg(image, image)``: the registration network's field for an identical pair, (N, 3, D, H, W) voxels,
     with the graph (L_morph differentiates through it); ideally zero.
@@ -160,29 +156,18 @@ def morphology_residual(reg: torch.nn.Module, moving: torch.Tensor, atlas: torch
 
 @torch.no_grad()
 def registration_fields(reg: torch.nn.Module, template: torch.Tensor, images: torch.Tensor, device: torch.device,
-                        chunk: int = 4, bias_correction: bool = False,
-                        refine: RefineSettings | None = None) -> torch.Tensor:
+                        chunk: int = 4, bias_correction: bool = False) -> torch.Tensor:
     """The frozen registration network's template -> subject field of every training image (less
-    ``reg(template, template)`` with ``bias_correction``, :func:`identity_bias`; then refined per subject with
-    ``refine``, :func:`diffdef.training.refine_fields.refine_fields`, ``ldm.reg_refine_steps``): (M, 3, D, H, W)
-    float32 voxels on the CPU (``ldm.warmup_targets = "exact"``; 1.0 GB for 120 subjects on the 2 mm grid, held
-    by every DDP process; about 20 s on 2 CPU cores, 20-22 s with 20 refinement steps). The stage builds it at its
-    first warm-up step, so a run resumed past the warm-up never does.
-
-    Raises:
-        ValueError: when the bank would exceed ``EXACT_TARGETS_MAX_GB`` (use ``warmup_targets = "sampled"``).
+    ``reg(template, template)`` with ``bias_correction``, :func:`identity_bias`): (M, 3, D, H, W) float32 voxels on
+    the CPU (1.0 GB for 120 subjects on the 2 mm grid, held by every DDP process). The stage builds it at its first
+    warm-up step, so a run resumed past the warm-up never does.
     """
-    gb = images.shape[0] * 3 * images[0].numel() * 4 / 2**30
-    if gb > EXACT_TARGETS_MAX_GB:
-        raise ValueError(f"ldm.warmup_targets='exact' would hold {gb:.1f} GB of registration fields for "
-                         f"{images.shape[0]} images (limit {EXACT_TARGETS_MAX_GB:g} GB); use 'sampled'")
+    check_bank_size(images)
     bias = identity_bias(reg, template).float() if bias_correction else 0.0
     out = []
     for k in range(0, len(images), chunk):
         moving = images[k:k + chunk].to(device)
         fields = reg(template.expand(len(moving), -1, -1, -1, -1), moving).float() - bias
-        if refine is not None:
-            fields = refine_fields(template, moving, fields, refine)
         out.append(fields.cpu())
     return torch.cat(out)
 
@@ -200,17 +185,11 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
     field_source = stage["field_source"]
     if field_source not in FIELD_SOURCES:
         raise ValueError(f"ldm.field_source must be one of {FIELD_SOURCES}, got {field_source!r}")
-    if field_source != "network" and stage["warmup_targets"] != "exact":
-        raise ValueError(f"ldm.field_source={field_source!r} builds the exact targets' field bank: it needs "
-                         "ldm.warmup_targets='exact'")
     if field_source == "labels" and data.labels is None:
         raise ValueError("ldm.field_source='labels' needs the training subjects' label maps: train on a manifest "
                          "with a labels column (diffdef-prepare writes one when given segmentations)")
 
     device = ctx.device
-    if stage["morph_grad_to_unet"] and not stage["joint_steps"]:
-        log.warning("ldm.morph_grad_to_unet=true has no effect with ldm.joint_steps=0 (L_morph is computed in the "
-                    "joint phase only; the default preset has none): set ldm.joint_steps > 0 to measure the switch")
     latents, latent_mean, latent_scale = normalise_latents(encode_latents(ae, data.images, device),
                                                            bool(stage["latent_centre"]), stage["latent_scale"])
     log.info("latents %s, centred %s, scale %.4f", tuple(latents.shape[1:]), latent_mean is not None, latent_scale)
@@ -253,44 +232,20 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         target = training_target(x0, noise, sqrt_ab, sqrt_1mab, schedule.prediction_type)
         return torch.nn.functional.mse_loss(pred.float(), target)
 
-    def morphology_loss(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
-                                                             torch.Tensor]:
-        # (L_morph, bending, L_fit or None, the DVF)
+    def morphology_loss(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # (L_morph, bending, the DVF)
         target = conditions[sample_indices(len(data), 1, generator)]  # (1, K)
         z_t = torch.randn((1, *latents.shape[1:]), generator=generator).to(device)
-        # The sampling forward uses the unwrapped denoiser: its gradient (switch on) stays local and is
-        # averaged across ranks by the DDP backward of L_diff that follows.
-        z0 = sample_latents(denoiser, sampler, z_t, target, grad_last_step=bool(stage["morph_grad_to_unet"]))
+        z0 = sample_latents(denoiser, sampler, z_t, target)  # no gradient: L_morph trains the decoder only
         dvf = decoder_ddp(z0 / latent_scale)  # (1, 3, D, H, W) voxels
         atlas = warp_image(template, dvf)
         idx = draw_neighbours(conditions, target[0], stage["neighbour_sigma"], int(stage["neighbours"]), generator)
         moving = data.images[idx].to(device)
         residual = morphology_residual(reg, moving, atlas, bias_correction)
         morph = residual.pow(2).sum(1).mean()  # mean squared displacement, voxels^2
-        fit = None
-        if joint_fit_weight:  # the same sampled latent's DVF against the exact target of its condition, voxels^2
-            fit = (dvf - exact_target(target[0])).pow(2).sum(1).mean()
-        return morph, bending_energy(dvf), fit, dvf
+        return morph, bending_energy(dvf), dvf
 
-    warmup_targets = stage["warmup_targets"]
-    if warmup_targets not in ("exact", "sampled"):
-        raise ValueError(f"ldm.warmup_targets must be 'exact' or 'sampled', got {warmup_targets!r}")
-    joint_fit_weight = float(stage["joint_fit_weight"])
-    if joint_fit_weight and warmup_targets != "exact":
-        raise ValueError("ldm.joint_fit_weight > 0 needs ldm.warmup_targets='exact' (the field bank)")
-    bank: list[torch.Tensor] = []  # the exact targets' field bank, built at the first warm-up step that needs it
-    refine = RefineSettings(steps=int(stage["reg_refine_steps"]), lr=float(stage["reg_refine_lr"]),
-                            smooth_weight=float(stage["reg_refine_smooth_weight"]), down=int(stage["reg_refine_down"]))
-    if refine.steps and warmup_targets != "exact":
-        raise ValueError("ldm.reg_refine_steps > 0 refines the exact targets' field bank: it needs "
-                         "ldm.warmup_targets='exact'")
-    grid = tuple(data.images.shape[2:])
-    if refine.steps and any(n % refine.down or n // refine.down <= 2 for n in grid):
-        raise ValueError(f"ldm.reg_refine_down ({refine.down}) must divide the image grid {grid} and leave more "
-                         "than 2 voxels per side")
-    if refine.steps and not (int(stage["decoder_warmup_steps"]) or joint_fit_weight):
-        log.warning("ldm.reg_refine_steps > 0 has no effect without a decoder warm-up or a joint fit term: the "
-                    "field bank it refines is never built")
+    bank: list[torch.Tensor] = []  # the exact targets' field bank, built at the first warm-up step
 
     def exact_bank() -> torch.Tensor:
         if not bank and field_source == "demons":
@@ -298,8 +253,7 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         elif not bank and field_source == "labels":
             bank.append(label_fields(load_template(data.grid).labels, data.labels, data.label_scheme))
         if not bank:
-            bank.append(registration_fields(reg, template, data.images, device, bias_correction=bias_correction,
-                                            refine=refine))
+            bank.append(registration_fields(reg, template, data.images, device, bias_correction=bias_correction))
         return bank[0]
 
     def exact_target(condition: torch.Tensor) -> torch.Tensor:
@@ -310,19 +264,10 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
 
     def warmup_loss(generator: torch.Generator) -> torch.Tensor:
         # The latent of subject i; the target is the Gaussian-weighted mean, over the neighbourhood of i's
-        # condition, of the frozen registration network's template -> subject fields: exactly (``exact``, every
-        # training subject weighted) or estimated from N drawn neighbours (``sampled``, the same in expectation).
-        # That is (to first order) the minimiser of L_morph: the atlas of c_i, not subject i's own anatomy.
+        # condition, of the bank's template -> subject fields: (to first order) the minimiser of L_morph, the
+        # atlas of c_i, not subject i's own anatomy.
         i = sample_indices(len(data), 1, generator)
-        if warmup_targets == "exact":
-            target = exact_target(conditions[i[0]])
-        else:
-            j = draw_neighbours(conditions, conditions[i[0]], stage["neighbour_sigma"], int(stage["neighbours"]),
-                                generator)
-            with torch.no_grad():  # template -> each neighbour, voxels, averaged: (1, 3, D, H, W)
-                target = reg(template.expand(len(j), -1, -1, -1, -1), data.images[j].to(device)).mean(0, keepdim=True)
-                if bias_correction:
-                    target = target - identity_bias(reg, template)
+        target = exact_target(conditions[i[0]])
         return (decoder_ddp(latents[i].to(device) / latent_scale) - target).pow(2).sum(1).mean()
 
     unet_steps = int(stage["unet_steps"])
@@ -332,9 +277,8 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         raise ValueError(f"ldm.decoder_warmup_steps ({stage['decoder_warmup_steps']}) must be in 0..ldm.unet_steps "
                          f"({unet_steps})")
     prefit_steps = int(stage["basis_prefit_steps"])
-    if prefit_steps and (decoder.basis is None or warmup_start == unet_steps or warmup_targets != "exact"):
-        raise ValueError("ldm.basis_prefit_steps > 0 needs ldm.basis_rank > 0, ldm.decoder_warmup_steps > 0 and "
-                         "ldm.warmup_targets='exact'")
+    if prefit_steps and (decoder.basis is None or warmup_start == unet_steps):
+        raise ValueError("ldm.basis_prefit_steps > 0 needs ldm.basis_rank > 0 and ldm.decoder_warmup_steps > 0")
 
     def prefit_basis() -> None:
         # Once, at the first warm-up step (a run resumed before it redoes it with the same seed; one resumed after
@@ -385,11 +329,8 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
                 totals["fit"] = totals.get("fit", 0.0) + float(fit.detach()) / accumulation
             if joint:
                 with no_sync([decoder_ddp], skip=not last):
-                    morph, bend, fit, dvf = morphology_loss(generator)
+                    morph, bend, dvf = morphology_loss(generator)
                     loss_dvf = stage["alpha"] * morph + stage["beta"] * bend
-                    if fit is not None:
-                        loss_dvf = loss_dvf + joint_fit_weight * fit
-                        totals["fit"] = totals.get("fit", 0.0) + float(fit.detach()) / accumulation
                     (loss_dvf / accumulation).backward()
                 totals["morph"] = totals.get("morph", 0.0) + float(morph.detach()) / accumulation
                 totals["bend"] = totals.get("bend", 0.0) + float(bend.detach()) / accumulation
