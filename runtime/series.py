@@ -31,7 +31,7 @@ from diffdef_runtime.figures import (VIEWS, atlas_slice, central_indices, change
 SUMMARY, VOLUMES, INDEX = "summary.png", "volumes.png", "index.html"
 #: Files of a condition folder that the page links to (those that exist).
 FOLDER_FILES = ("preview.png", "atlas.nii.gz", "jacobian.nii.gz", "dvf.nii.gz", "record.json")
-VOLUME_LABEL = "ventricles (mL, atlas space)"
+VOLUME_LABEL = "ventricles (mL, template space)"
 AXIS_LABELS = {"age": "age (years)", "ventricle_volume_ml": "ventricle volume condition (mL)", "sex": "sex"}
 
 
