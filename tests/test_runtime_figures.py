@@ -158,3 +158,15 @@ def test_write_preview_writes_a_png(tmp_path):
     with Image.open(tmp_path / "p.png") as png:
         assert png.size[0] == 400 and png.mode in ("RGB", "RGBA")
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_volume_change_sign_matches_a_warped_blob():
+    """atlas(x) = T(x + u(x)) with J = det(I + grad u) = 0.5 doubles a blob: the colour says +1 (x2), red."""
+    x = np.arange(128, dtype=np.float64)
+    template = (np.abs(x - 64) < 10).astype(np.float64)
+    u = -0.5 * (x - 64)  # phi(x) = x + u(x) = 64 + (x - 64) / 2
+    atlas = np.interp(x + u, x, template)  # the pull-back warp, 1-D
+    jac = 1 + np.gradient(u)
+    grown = atlas.sum() / template.sum()
+    assert grown == pytest.approx(2.0, rel=0.05)
+    np.testing.assert_allclose(log_volume_change(jac), np.log2(2.0))
