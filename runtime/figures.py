@@ -76,9 +76,10 @@ def display_slice(volume: np.ndarray, view: str, index: int | None = None) -> np
 
 
 def intensity_max(volumes: Sequence[np.ndarray]) -> float:
-    """The grey scale's white point shared by ``volumes``: the 99.5th percentile of all their voxels (> 0)."""
-    values = np.concatenate([np.asarray(v, np.float64).ravel() for v in volumes])
-    top = float(np.percentile(values, 99.5)) if values.size else 0.0
+    """The grey scale's white point shared by ``volumes``: the largest of their 99.5th percentiles (one volume
+    in memory at a time; 1.0 when that is not positive)."""
+    tops = [float(np.percentile(v, 99.5)) for v in volumes if np.size(v)]
+    top = max(tops, default=0.0)
     return top if np.isfinite(top) and top > 0 else 1.0
 
 
@@ -103,10 +104,11 @@ def volume_change_slice(jacobian: np.ndarray, view: str, index: int | None = Non
 
 
 def change_limit(jacobians: Sequence[np.ndarray], percentile: float = 98.0) -> float:
-    """Symmetric colour-bar limit ``a`` (log2 volume change in [-a, a]) shared by ``jacobians``: the ``percentile``
-    of |log2 J| over all voxels (folds excluded) rounded up to a value of :data:`NICE_LIMITS`."""
-    values = np.concatenate([np.abs(np.log2(j[j > 0])).ravel() for j in (np.asarray(j, np.float64) for j in jacobians)])
-    top = float(np.percentile(values, percentile)) if values.size else 0.0
+    """Symmetric colour-bar limit ``a`` (log2 volume change in [-a, a]) shared by ``jacobians``: the largest of
+    their ``percentile``\ s of |log2 J| (folds excluded) rounded up to a value of :data:`NICE_LIMITS`."""
+    tops = [float(np.percentile(np.abs(np.log2(j[j > 0])), percentile)) for j in map(np.asarray, jacobians)
+            if np.any(j > 0)]
+    top = max(tops, default=0.0)
     return next((n for n in NICE_LIMITS if n >= top), NICE_LIMITS[-1])
 
 

@@ -147,7 +147,7 @@ def test_scales_and_texts():
     jac[:30] = 2.0 ** -0.6  # 3 % of voxels at |log2 J| = 0.6 -> the 98th percentile -> rounded up to 0.75
     assert change_limit([jac]) == 0.75
     assert change_limit([np.ones(10)]) == 0.05  # no change: the smallest limit, never zero
-    assert change_limit([jac, np.full(10, 1e-9)]) == 0.75  # folds do not set the scale
+    assert change_limit([jac, np.full(10, -0.5)]) == 0.75  # folds (J <= 0) do not set the scale
     assert intensity_max([np.zeros(5)]) == 1.0
     assert condition_text({"age": 70.5, "sex": 0.0, "ventricle_volume_ml": 40.0}) == \
         "age 70.5 y, sex F, ventricles 40 mL (condition)"

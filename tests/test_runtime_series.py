@@ -135,3 +135,40 @@ def test_mismatched_inputs_are_errors(tmp_path):
         write_series(results, tmp_path, ["a"])
     with pytest.raises(ValueError, match="as many"):
         summary_figure([results[0].atlas], [], ["x"])
+
+
+NODE_DOM = """
+const fs = require("fs");
+const page = fs.readFileSync(process.argv[2], "utf8");
+const script = page.match(/<script>([\\s\\S]*)<\\/script>/)[1];
+function classes() { const s = new Set(); return { toggle(c, on) { on ? s.add(c) : s.delete(c); }, has: c => s.has(c) }; }
+const figures = Array.from({length: Number(process.argv[3])}, () => ({ classList: classes() }));
+const els = { prev: {}, next: {}, slider: { value: 0 } }, keys = [];
+global.document = { documentElement: {}, getElementById: id => els[id], addEventListener: (t, f) => keys.push(f),
+                    querySelectorAll: sel => sel === ".step" ? figures : [] };
+new Function(script)();
+const shown = () => figures.findIndex(f => f.classList.has("current"));
+const seen = [shown()];
+els.next.onclick(); seen.push(shown());
+els.slider.value = String(figures.length - 1); els.slider.oninput(); seen.push(shown());
+els.next.onclick(); seen.push(shown());
+keys[0]({ key: "ArrowLeft" }); seen.push(shown());
+console.log(JSON.stringify(seen));
+"""
+
+
+def test_page_script_steps_through_the_conditions(tmp_path):
+    """The page's inline script, run on a stand-in DOM with node: next, slider, the end, the arrow key."""
+    import json
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    _, files = _written_series(tmp_path, _results())
+    (tmp_path / "dom.js").write_text(NODE_DOM)
+    proc = subprocess.run([node, str(tmp_path / "dom.js"), str(files.index), "3"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [0, 1, 2, 2, 1]
