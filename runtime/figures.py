@@ -180,7 +180,7 @@ def draw_slice(ax: Axes, grey: np.ndarray, view: str, *, change: np.ndarray | No
 
 
 def change_colorbar(fig: Figure, mappable, limit: float, *, cax: Axes | None = None, ax=None,
-                      orientation: str = "vertical", fontsize: float = 9) -> Colorbar:
+                    orientation: str = "vertical", fontsize: float = 9) -> Colorbar:
     """A colour bar for the log2 volume change over [-limit, limit]: ticks labelled with the log2 value and the
     volume factor, the ends labelled shrinkage (blue) and expansion (red)."""
     bar = fig.colorbar(mappable, cax=cax, ax=ax, orientation=orientation, extend="both")
