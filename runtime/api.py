@@ -121,11 +121,22 @@ class AtlasGenerator:
                         condition_values(age, sex, ventricles), steps=steps, sampler=sampler, seed=seed,
                         samples=samples, guidance=guidance, progress=progress)
 
+    @property
+    def template_ventricle_ml(self) -> float:
+        """The template's ventricle volume (mL): what an atlas with a zero DVF has."""
+        return float(self.model.template.ventricle_prob.sum() * self.model.info.voxel_volume_ml)
+
     def save(self, results: AtlasResult | Sequence[AtlasResult], out_dir: str | Path) -> list[Path]:
         """Write each result to ``out_dir/<condition>/`` (atlas, dvf, jacobian NIfTIs, preview.png,
-        record.json); returns the folders."""
+        record.json) and, for two or more, ``summary.png``, ``volumes.png`` and ``index.html`` into ``out_dir``
+        (as ``diffdef-run``); returns the folders."""
         from diffdef_runtime.outputs import write_result
+        from diffdef_runtime.series import write_series
 
         if isinstance(results, AtlasResult):
             results = [results]
-        return [write_result(r, self.model.affine, out_dir, extra={"source": self.model.source}) for r in results]
+        folders = [write_result(r, self.model.affine, out_dir, extra={"source": self.model.source}) for r in results]
+        if len(results) > 1:
+            write_series(results, out_dir, folders, template_ventricle_ml=self.template_ventricle_ml,
+                         affine=self.model.affine, meta={"model": self.model.source})
+        return folders

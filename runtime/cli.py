@@ -53,7 +53,8 @@ def _conditions(age: str | None, sex: str | None, ventricles: str | None) -> dic
 def main(age, sex, ventricles, bundle, checkpoint, backend, device, steps, sampler, seed, samples, guidance,
          out_dir, verbose):
     """Generate conditional atlases: writes atlas/dvf/jacobian NIfTIs, a PNG preview and a JSON record per
-    condition into OUT/<condition>/.
+    condition into OUT/<condition>/; for several conditions also OUT/summary.png, OUT/volumes.png and
+    OUT/index.html (open it in a browser).
 
     Example: diffdef-run --age 50:80:10 --samples 4 --out atlases
     """
@@ -105,11 +106,20 @@ def main(age, sex, ventricles, bundle, checkpoint, backend, device, steps, sampl
         raise click.ClickException(str(err)) from err
     finally:
         bar.close()
+    folders = []
     for result in results:
         folder = write_result(result, model.affine, out_dir, extra={"source": model.source})
+        folders.append(folder)
         click.echo(f"{folder}: ventricles {result.ventricle_volume_ml:.1f} mL, "
                    f"denoise {result.timings_s['denoise']:.2f} s, decode {result.timings_s['decode']:.2f} s, "
                    f"warp {result.timings_s['warp']:.2f} s (per condition)")
+    if len(results) > 1:  # a series; one atlas has only its own folder (its preview.png says it all)
+        from diffdef_runtime.series import write_series
+
+        template_ml = float(model.template.ventricle_prob.sum() * model.info.voxel_volume_ml)
+        series = write_series(results, out_dir, folders, template_ventricle_ml=template_ml, affine=model.affine,
+                              meta={"model": model.source})
+        click.echo(f"{series.index}: the {len(results)} conditions ({series.summary.name}, {series.volumes.name})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Writing a generated atlas: NIfTI files on the template affine, a PNG preview and a JSON record."""
+"""Writing a generated atlas: NIfTI files on the template affine, a PNG preview (``figures.py``) and a JSON record."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from PIL import Image
 
 from diffdef_runtime import atomic
+from diffdef_runtime.figures import write_preview
 from diffdef_runtime.pipeline import AtlasResult
 
 
@@ -38,38 +38,6 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, description: 
         nib.save(image, str(tmp))
 
 
-def _jacobian_colours(jac: np.ndarray) -> np.ndarray:
-    """log2 J mapped to a blue (shrink) - white - red (growth) scale, saturating at x0.5 / x2: (..., 3) uint8."""
-    x = np.clip(np.log2(np.clip(jac, 1e-3, None)), -1.0, 1.0)
-    rgb = np.empty((*x.shape, 3), dtype=np.float64)
-    rgb[..., 0] = np.where(x < 0, 1 + x, 1.0)
-    rgb[..., 1] = 1 - np.abs(x)
-    rgb[..., 2] = np.where(x > 0, 1 - x, 1.0)
-    rgb[jac <= 0] = (0.0, 0.0, 0.0)  # folds in black
-    return (rgb * 255).astype(np.uint8)
-
-
-def preview_image(atlas: np.ndarray, jacobian: np.ndarray) -> Image.Image:
-    """Three orthogonal central slices (sagittal, coronal, axial) of the atlas above the same slices of the
-    Jacobian determinant (blue shrink, red growth, black folds). Sagittal and coronal slices have superior up, the axial slice anterior up."""
-    d, h, w = atlas.shape
-    scale = float(np.percentile(atlas, 99.5)) or 1.0
-    gray = (np.clip(atlas / scale, 0, 1) * 255).astype(np.uint8)
-    colours = _jacobian_colours(jacobian)
-    slices = [lambda a: np.swapaxes(a[d // 2], 0, 1)[::-1], lambda a: np.swapaxes(a[:, h // 2], 0, 1)[::-1],
-              lambda a: np.swapaxes(a[:, :, w // 2], 0, 1)[::-1]]
-    top = [np.repeat(f(gray)[..., None], 3, axis=-1) for f in slices]
-    bottom = [f(colours) for f in slices]
-    height = max(p.shape[0] for p in top)
-
-    def row(panels):
-        padded = [np.pad(p, ((0, height - p.shape[0]), (0, 2), (0, 0))) for p in panels]
-        return np.concatenate(padded, axis=1)
-
-    canvas = np.concatenate([row(top), np.zeros((2, row(top).shape[1], 3), np.uint8), row(bottom)], axis=0)
-    return Image.fromarray(canvas, mode="RGB")
-
-
 def write_result(result: AtlasResult, affine: np.ndarray, out_dir: str | Path, extra: dict | None = None) -> Path:
     """Write one condition's files into ``out_dir/<condition label>/``; returns that folder.
 
@@ -82,8 +50,8 @@ def write_result(result: AtlasResult, affine: np.ndarray, out_dir: str | Path, e
     dvf = np.moveaxis(result.dvf.astype(np.float32), 0, -1)[:, :, :, None, :]
     _save_nifti(dvf, affine, folder / "dvf.nii.gz", "DiffDef DVF, voxels along D,H,W", intent="vector")
     _save_nifti(result.jacobian.astype(np.float32), affine, folder / "jacobian.nii.gz", "Jacobian determinant")
-    with atomic.atomic_path(folder / "preview.png", suffix=".png") as tmp:
-        preview_image(result.atlas, result.jacobian).save(tmp, format="PNG")
+    write_preview(folder / "preview.png", result.atlas, result.jacobian, condition=result.condition,
+                  ventricle_volume_ml=result.ventricle_volume_ml, affine=affine)
     record = {k: v for k, v in asdict(result).items() if k not in ("atlas", "dvf", "jacobian")}
     record["folding_ratio"] = float((result.jacobian <= 0).mean())
     record["jacobian_range"] = [float(result.jacobian.min()), float(result.jacobian.max())]

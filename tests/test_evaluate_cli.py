@@ -31,7 +31,8 @@ def test_end_to_end_without_deformable(tiny_checkpoint, cohort, tmp_path, one_to
     result = CliRunner().invoke(main, ["--manifest", str(cohort), "--checkpoint", str(tiny_checkpoint), "--out",
                                        str(out), "--no-deformable", *FAST])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    for name in ("per_subject.csv", "per_bin.csv", "summary.json", "ventricle_volume_vs_age.png", "dice_per_bin.png"):
+    for name in ("per_subject.csv", "per_bin.csv", "summary.json", "ventricle_volume_vs_age.png", "dice_per_bin.png",
+                 "atlases_by_age.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert "model beats the template" in result.output
     rows = _rows(out / "per_subject.csv")
@@ -58,6 +59,7 @@ def test_end_to_end_without_deformable(tiny_checkpoint, cohort, tmp_path, one_to
     assert all(int(r["linear_n"]) == 2 + 1 for r in lin) and all(r["linear_widened"] == "True" for r in lin)
 
     summary = json.loads((out / "summary.json").read_text())
+    assert "curve_atlases" not in summary  # arrays for the montage only
     assert summary["counts"] == {"subjects": 6, "test": 2, "train": 4, "deformable_pairs": 0}
     assert summary["registration"] is None and summary["models"]["model"]["conditions"] == ["age", "sex"]
     assert summary["options"]["samples"] == 1 and "model" in summary["method_means"]

@@ -1,8 +1,10 @@
 import json
 
+import numpy as np
 import pytest
 
-from diffdef.evaluate.report import check_output, output_folder, table, write_csv, write_json
+from diffdef.evaluate.report import (check_output, output_folder, plot_atlases, table, volumes_figure, write_csv,
+                                     write_json)
 
 
 def _result():
@@ -43,3 +45,37 @@ def test_output_folder_is_atomic_and_refuses_non_empty(tmp_path):
         write_json(folder / "s.json", {"nan": float("nan"), "v": 1})
     assert sorted(p.name for p in out.iterdir()) == ["s.json"]
     assert json.loads((out / "s.json").read_text()) == {"nan": None, "v": 1}
+
+
+def _curves_result():
+    rng = np.random.default_rng(0)
+    images = [rng.random((12, 16, 10)).astype(np.float32) for _ in range(2)]
+    jacobians = [np.ones((12, 16, 10), np.float32), np.full((12, 16, 10), 0.8, np.float32)]
+    return {
+        "training_volumes": [{"age": 30.0, "vent_ml": 15.0, "split": "train"},
+                             {"age": 70.0, "vent_ml": 40.0, "split": "test"}],
+        "curves": {"model": {"ages": [30.0, 70.0], "ventricle_ml": [18.0, 35.0]},
+                   "template": {"ages": [30.0, 70.0], "ventricle_ml": [17.8, 17.8]},
+                   "linear_average": {"ages": [30.0, 70.0], "ventricle_ml": [16.0, 38.0]}},
+        "curve_atlases": {"ages": [30.0, 70.0], "images": images, "jacobians": jacobians,
+                          "ventricle_ml": [18.0, 35.0], "affine": np.eye(4)},
+    }
+
+
+def test_volume_plot_uses_the_runtime_curve_and_template_mark():
+    fig = volumes_figure(_curves_result())
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    np.testing.assert_allclose(lines["model atlas"].get_ydata(), [18.0, 35.0])
+    assert lines["model atlas"].get_marker() == "o"  # series.draw_volume_curve's style
+    assert set(np.asarray(lines["template: 17.8 mL"].get_ydata(), float)) == {17.8}  # series.mark_template_volume
+
+
+def test_atlas_montage_is_the_runtime_summary(tmp_path):
+    from PIL import Image
+
+    result = _curves_result()
+    assert plot_atlases(tmp_path / "a.png", result)
+    with Image.open(tmp_path / "a.png") as png:
+        assert png.size[0] == 1200 and png.size[1] > 300  # two rows of the runtime's summary figure
+    assert not plot_atlases(tmp_path / "b.png", {**result, "curve_atlases": None})
+    assert not (tmp_path / "b.png").exists()

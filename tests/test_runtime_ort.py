@@ -187,8 +187,10 @@ def test_cli_age_range_writes_one_folder_per_age(tiny_bundle, tmp_path):
     result = CliRunner().invoke(cli, ["--bundle", str(tiny_bundle), "--age", "50:70:10", "--sex", "M",
                                       "--steps", "2", "--samples", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    folders = sorted(p.name for p in out.iterdir())
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert folders == ["age-50_sex-M", "age-60_sex-M", "age-70_sex-M"]
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["index.html", "summary.png", "volumes.png"]
+    assert all(f"{folder}/preview.png" in (out / "index.html").read_text() for folder in folders)
     for folder in folders:
         assert {p.name for p in (out / folder).iterdir()} == {"atlas.nii.gz", "dvf.nii.gz", "jacobian.nii.gz",
                                                              "preview.png", "record.json"}
@@ -207,6 +209,10 @@ def test_api(tiny_bundle, tmp_path):
     np.testing.assert_allclose(alone[0].dvf, results[1].dvf, rtol=0, atol=1e-4)
     folders = gen.save(results, tmp_path)
     assert [f.name for f in folders] == ["age-60_sex-F", "age-70_sex-F"]
+    assert (tmp_path / "summary.png").is_file() and (tmp_path / "index.html").is_file()
+    assert gen.template_ventricle_ml == pytest.approx(float(gen.model.template.ventricle_prob.sum()) * 0.064)
+    gen.save(alone, tmp_path / "one")  # a single atlas: its folder only
+    assert [p.name for p in (tmp_path / "one").iterdir()] == ["age-70_sex-F"]
     via_string = gen.generate(age="60:70:10", sex="F", steps=3, seed=1)
     np.testing.assert_array_equal(via_string[0].atlas, results[0].atlas)
     with pytest.raises(ValueError, match="not found"):

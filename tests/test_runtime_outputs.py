@@ -52,11 +52,7 @@ def test_files_affines_shapes_and_values(tmp_path):
 
     with Image.open(folder / "preview.png") as png:
         png.load()
-        # Each row: sagittal (H wide, W high), coronal (D wide, W high), axial (D wide, H high) slices, each
-        # padded by 2 px on the right; the two rows (atlas, Jacobian) are 2 px apart.
-        d, h, w = GRID
-        assert png.mode == "RGB"
-        assert png.size == ((h + 2) + (d + 2) + (d + 2), 2 * max(w, h) + 2)
+        assert png.size[0] == 1200 and png.size[1] > 600  # the figure itself: tests/test_runtime_figures.py
 
     record = load_record(folder)
     assert record == json.loads((folder / "record.json").read_text())

@@ -47,6 +47,8 @@ def test_diffdef_run_ort_without_torch(tiny_bundle, tmp_path):
     for folder in ("cli/age-60_sex-F", "cli/age-70_sex-F", "api/age-70_sex-F"):
         for name in ("atlas.nii.gz", "dvf.nii.gz", "jacobian.nii.gz", "preview.png", "record.json"):
             assert (tmp_path / folder / name).is_file(), f"{folder}/{name}"
+    for name in ("summary.png", "volumes.png", "index.html"):  # matplotlib figures without torch
+        assert (tmp_path / "cli" / name).is_file(), name
     record = json.loads((tmp_path / "cli/age-70_sex-F/record.json").read_text())
     assert record["backend"] == "ort" and record["samples"] == 2 and record["steps"] == 3
     # The CLI and the API agree bit for bit (same seed, same noise, same engines).

@@ -6,8 +6,9 @@
 Reads a ``diffdef-prepare`` manifest (split == test are scored, split == train build the linear average),
 generates one atlas per distinct condition tuple of the held-out subjects with the model and every ``--compare``
 model, scores them and the template and the linear average (see :mod:`diffdef.evaluate.evaluation`), prints a
-table and writes ``per_subject.csv``, ``per_bin.csv``, ``summary.json``, ``ventricle_volume_vs_age.png`` and
-``dice_per_bin.png`` into ``--out`` (built in a temporary sibling folder and renamed into place).
+table and writes ``per_subject.csv``, ``per_bin.csv``, ``summary.json``, ``ventricle_volume_vs_age.png``,
+``dice_per_bin.png`` and ``atlases_by_age.png`` into ``--out`` (built in a temporary sibling folder and renamed
+into place).
 """
 
 from __future__ import annotations

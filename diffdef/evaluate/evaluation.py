@@ -55,6 +55,7 @@ def evaluate(subjects: Sequence[Subject], sources: Sequence[ModelSource], templa
     # ---- atlases -------------------------------------------------------------------------------------
     per_method: dict[str, Callable[[Subject], tuple[Atlas, dict]]] = {}
     curves: dict[str, dict] = {}
+    montage: dict | None = None
     decades = sorted({decade(s.age) for s in subjects})
     centres = [d + 5.0 for d in decades]
     for source in sources:
@@ -73,6 +74,8 @@ def evaluate(subjects: Sequence[Subject], sources: Sequence[ModelSource], templa
             "fixed_conditions": {n: v for n, v in zip(names, curve_keys[0]) if n != "age"} if curve_keys else {},
         }
         per_method[source.name] = lambda s, made=made, names=names: (made[condition_key(s, names)], {})
+        if source is sources[0] and curve_keys[:n_curve]:  # the model's atlases along the curve, for the montage
+            montage = curve_montage(curve_ages, [made[k] for k in curve_keys[:n_curve]], grid.affine)
     tmpl = template_atlas(template, class_maps, voxel_ml)
     per_method[TEMPLATE] = lambda s: (tmpl, {})
     curves[TEMPLATE] = {"ages": list(map(float, curve_ages)), "ventricle_ml": [tmpl.ventricle_ml] * len(curve_ages),
@@ -141,6 +144,7 @@ def evaluate(subjects: Sequence[Subject], sources: Sequence[ModelSource], templa
                    "deformable_pairs": int(timings.get("deformable_pairs", 0))},
         "timings_s": dict(timings),
         "training_volumes": [{"age": s.age, "vent_ml": volumes[s.id], "split": s.split} for s in subjects],
+        "curve_atlases": montage,  # arrays: pictures only, not written to summary.json
     }
     result["model_beats_template_lv"] = {
         p["protocol"]: p["wins"] / p["n"] for p in result["paired"]
@@ -148,6 +152,16 @@ def evaluate(subjects: Sequence[Subject], sources: Sequence[ModelSource], templa
     if timings.get("deformable_pairs"):
         result["timings_s"]["deformable_per_pair"] = timings["deformable"] / timings["deformable_pairs"]
     return result
+
+
+def curve_montage(ages: Sequence[float], atlases: Sequence[Atlas], affine: np.ndarray) -> dict:
+    """What the atlas montage draws: ``ages``, atlas ``images`` (D, H, W), ``jacobians`` det(I + grad u) of each
+    DVF (D, H, W), ``ventricle_ml`` and the grid ``affine``."""
+    from diffdef_runtime.jacobian import jacobian_determinant
+
+    return {"ages": [float(a) for a in ages], "images": [a.image for a in atlases],
+            "jacobians": [jacobian_determinant(a.dvf) for a in atlases],
+            "ventricle_ml": [float(a.ventricle_ml) for a in atlases], "affine": np.asarray(affine)}
 
 
 def _numeric_keys(rows: Sequence[dict]) -> list[str]:

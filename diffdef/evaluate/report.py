@@ -1,5 +1,6 @@
 """Outputs of ``diffdef-eval``: the terminal table, ``per_subject.csv``, ``per_bin.csv``, ``summary.json`` and the
-plots (matplotlib Agg), all written into one output folder that appears atomically (:func:`output_folder`)."""
+plots (matplotlib Agg; the volume curve and the atlas montage with the runtime's figure functions), all written
+into one output folder that appears atomically (:func:`output_folder`)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from diffdef.evaluate.atlases import LINEAR, TEMPLATE
 from diffdef.evaluate.cohort import decade_label
 from diffdef.evaluate.scores import CLASSES
 from diffdef_runtime import atomic
 
+NOT_JSON = ("rows", "curve_atlases")  # per_subject.csv; arrays for the atlas montage
 SHORT = {"lateral_ventricles": "LV", "ventricles": "vent", "csf": "CSF", "gm": "GM", "wm": "WM"}
 
 
@@ -109,35 +112,56 @@ def table(result: dict) -> str:
 
 
 def plot_volumes(path: Path, result: dict) -> None:
-    import matplotlib
+    """:func:`volumes_figure` as a PNG."""
+    from diffdef_runtime.figures import save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    save_png(volumes_figure(result), path)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+
+def volumes_figure(result: dict):
+    """Lateral-ventricle volume against age: subjects as dots, each model's curve and the template's value drawn
+    with the runtime's volume-plot functions (:mod:`diffdef_runtime.series`), the linear average as steps."""
+    from diffdef_runtime.figures import new_figure
+    from diffdef_runtime.series import draw_volume_curve, mark_template_volume
+
+    fig = new_figure(7, 4.5, dpi=120)
+    ax = fig.add_subplot()
     vols = result["training_volumes"]
     for split, style in (("train", dict(c="0.7", s=12, label="training subjects")),
                          ("test", dict(c="k", s=16, label="held-out subjects"))):
         pts = [(v["age"], v["vent_ml"]) for v in vols if v["split"] == split]
         if pts:
             ax.scatter(*zip(*pts), **style)
-    curves = result["curves"]
-    for name, curve in curves.items():
+    for i, (name, curve) in enumerate(result["curves"].items()):
         if not curve["ages"]:
             continue
-        if name == "template":
-            ax.axhline(curve["ventricle_ml"][0], color="tab:gray", ls="--", label="template")
-        elif name == "linear_average":
+        if name == TEMPLATE:
+            mark_template_volume(ax, curve["ventricle_ml"][0], label="template")
+        elif name == LINEAR:
             ax.step(curve["ages"], curve["ventricle_ml"], where="mid", color="k", ls=":", label="linear average")
         else:
-            ax.plot(curve["ages"], curve["ventricle_ml"], lw=2, label=f"{name} atlas")
+            draw_volume_curve(ax, curve["ages"], curve["ventricle_ml"], label=f"{name} atlas", color=f"C{i}", ms=3)
     ax.set_xlabel("age (years)")
     ax.set_ylabel("lateral ventricles (mL, template space)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic.atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    return fig
+
+
+def plot_atlases(path: Path, result: dict) -> bool:
+    """The model's atlases at the curve ages, drawn by the runtime's series montage
+    (:func:`diffdef_runtime.series.summary_figure`: same slices, shared scales, orientation letters). Returns
+    whether there was anything to draw (a model without an age condition has no curve)."""
+    from diffdef_runtime.figures import save_png
+    from diffdef_runtime.series import summary_figure
+
+    montage = result.get("curve_atlases")
+    if not montage or not montage["images"]:
+        return False
+    labels = [f"age {a:g} y\n{v:.1f} mL" for a, v in zip(montage["ages"], montage["ventricle_ml"])]
+    drawn = summary_figure(montage["images"], montage["jacobians"], labels, affine=montage["affine"],
+                           title="Model atlases along the volume curve")
+    save_png(drawn.figure, path)
+    return True
 
 
 def plot_dice_bins(path: Path, result: dict) -> None:
@@ -172,9 +196,10 @@ def plot_dice_bins(path: Path, result: dict) -> None:
 def write_all(folder: Path, result: dict, meta: dict) -> None:
     write_csv(folder / "per_subject.csv", result["rows"])
     write_csv(folder / "per_bin.csv", result["bins"])
-    write_json(folder / "summary.json", {**meta, **{k: v for k, v in result.items() if k != "rows"},
+    write_json(folder / "summary.json", {**meta, **{k: v for k, v in result.items() if k not in NOT_JSON},
                                          "table": table(result).splitlines()})
     plot_volumes(folder / "ventricle_volume_vs_age.png", result)
+    plot_atlases(folder / "atlases_by_age.png", result)
     plot_dice_bins(folder / "dice_per_bin.png", result)
 
 
