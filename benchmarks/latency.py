@@ -87,7 +87,14 @@ def make_untrained_bundle(preset: str, grid: str, work_dir: Path, fp16: bool = F
     bundle = work_dir / f"untrained-{preset}-{grid}{'-fp16' if fp16 else ''}" / "bundle"
     if (bundle / "manifest.json").is_file():
         return bundle
-    checkpoint = make_untrained_checkpoint(bundle.parent / "checkpoint", grid=grid, preset=preset)
+    from diffdef.training.config import preset_config
+
+    ldm = preset_config(preset)["ldm"]  # the preset's DVF decoder: its parts, basis and integration
+    checkpoint = make_untrained_checkpoint(bundle.parent / "checkpoint", grid=grid, preset=preset,
+                                           parts=ldm["dvf_decoder"], basis_rank=ldm["basis_rank"],
+                                           diffeomorphic=ldm["diffeomorphic"],
+                                           integration_steps=ldm["integration_steps"],
+                                           integration_down=ldm["integration_down"])
     click.echo(f"exporting an untrained {preset} model on the {grid} grid to {bundle} ...", err=True)
     return export_bundle(checkpoint, bundle, fp16=fp16)
 

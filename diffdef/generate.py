@@ -13,33 +13,13 @@ import numpy as np
 import torch
 
 from diffdef.geometry import warp_image
-from diffdef.models.checkpoint import CheckpointError, load_module
+from diffdef.models.checkpoint import load_module, read_model_json
 from diffdef.models.denoiser import ConditionalDenoiser, DenoiserConfig
 from diffdef.models.dvf_decoder import DVFDecoder, DVFDecoderConfig
 from diffdef_runtime.conditions import ConditionSpec
 from diffdef_runtime.grid import get_grid
 from diffdef_runtime.pipeline import AtlasResult, ModelInfo, TemplateMaps, generate
 from diffdef_runtime.schedulers import ScheduleConfig
-
-MODEL_FORMAT_VERSION = 1
-
-
-def read_model_json(checkpoint_dir: str | Path) -> dict:
-    """``model.json`` of a trained checkpoint folder, validated; errors name the folder."""
-    path = Path(checkpoint_dir) / "model.json"
-    if not Path(checkpoint_dir).is_dir():
-        raise CheckpointError(f"checkpoint folder not found: {checkpoint_dir}")
-    if not path.is_file():
-        raise CheckpointError(f"{checkpoint_dir} is not a trained DiffDef checkpoint: no model.json "
-                              "(train it with `diffdef-train all`)")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
-    if meta.get("format_version") != MODEL_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r}, expected {MODEL_FORMAT_VERSION}")
-    return meta
-
 
 def load_generation_modules(checkpoint_dir: str | Path, device: str | torch.device = "cpu"
                             ) -> tuple[ConditionalDenoiser, DVFDecoder]:

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffdef.generate import load_generation_modules, model_info, read_model_json
+from diffdef.generate import load_generation_modules, model_info
+from diffdef.models.checkpoint import read_model_json
 from diffdef.models.checkpoint import CheckpointError
 from diffdef_export.errors import ExportError
 from diffdef_export.modules import DVFDecoderForExport, DVFDecoderReference, WarpModule

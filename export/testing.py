@@ -18,13 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffdef.generate import MODEL_FORMAT_VERSION
 from diffdef.models.autoencoder import autoencoder_preset, build_autoencoder
-from diffdef.models.checkpoint import save_module
+from diffdef.models.checkpoint import save_module, write_model_json
 from diffdef.models.denoiser import ConditionalDenoiser, denoiser_preset
 from diffdef.models.dvf_decoder import DVFDecoder, DVFDecoderConfig
 from diffdef.models.field_basis import FieldBasisConfig
-from diffdef_runtime import atomic
 from diffdef_runtime.conditions import ConditionSpec
 from diffdef_runtime.grid import get_grid
 from diffdef_runtime.schedulers import ScheduleConfig
@@ -112,13 +110,6 @@ def make_untrained_checkpoint(out_dir: str | Path, grid: str = "4mm", seed: int 
 
     save_module(out_dir, "denoiser", denoiser, den_cfg.to_dict())
     save_module(out_dir, "dvf_decoder", decoder, dec_cfg.to_dict())
-    atomic.write_json(out_dir / "model.json", {
-        "format_version": MODEL_FORMAT_VERSION,
-        "grid": g.name,
-        "conditions": TEST_CONDITIONS.to_dict(),
-        "schedule": ScheduleConfig().to_dict(),
-        "latent_scale": float(latent_scale),
-        "sample_steps": int(sample_steps),
-        "preset": preset,
-    })
+    write_model_json(out_dir, grid=g.name, conditions=TEST_CONDITIONS.to_dict(), schedule=ScheduleConfig().to_dict(),
+                     latent_scale=latent_scale, sample_steps=sample_steps, preset=preset)
     return out_dir

@@ -185,3 +185,39 @@ def load_module(
         raise CheckpointError(f"{wpath}: {exc}") from exc
     return module
 
+
+MODEL_FORMAT_VERSION = 1  # of model.json: what generation needs besides the weights
+
+
+def write_model_json(checkpoint_dir: str | Path, *, grid: str, conditions: dict, schedule: dict, latent_scale: float,
+                     sample_steps: int, preset: str | None) -> None:
+    """Write ``model.json`` (atomically): the training grid's name, the condition spec
+    (``ConditionSpec.to_dict``), the noise schedule, the latent scale, the sampler step count the model was
+    trained and evaluated with (the runtime's default) and the preset."""
+    atomic.write_json(Path(checkpoint_dir) / "model.json", {
+        "format_version": MODEL_FORMAT_VERSION,
+        "grid": grid,
+        "conditions": conditions,
+        "schedule": schedule,
+        "latent_scale": float(latent_scale),
+        "sample_steps": int(sample_steps),
+        "preset": preset,
+    })
+
+
+
+def read_model_json(checkpoint_dir: str | Path) -> dict:
+    """``model.json`` of a trained checkpoint folder, validated; errors name the folder."""
+    path = Path(checkpoint_dir) / "model.json"
+    if not Path(checkpoint_dir).is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {checkpoint_dir}")
+    if not path.is_file():
+        raise CheckpointError(f"{checkpoint_dir} is not a trained DiffDef checkpoint: no model.json "
+                              "(train it with `diffdef-train all`)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+    if meta.get("format_version") != MODEL_FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r}, expected {MODEL_FORMAT_VERSION}")
+    return meta

@@ -17,9 +17,8 @@ from typing import Any
 
 import torch
 
-from diffdef.generate import MODEL_FORMAT_VERSION
 from diffdef.models.autoencoder import AutoencoderConfig, build_autoencoder
-from diffdef.models.checkpoint import load_module, save_module
+from diffdef.models.checkpoint import load_module, save_module, write_model_json
 from diffdef.models.registration import RegistrationConfig, RegistrationNet
 from diffdef.training.config import config_hash
 from diffdef.training.data import TrainingData, load_training_data
@@ -88,15 +87,9 @@ def _run_one(stage: str, cfg: dict[str, Any], data: TrainingData, out_dir: Path,
         if ctx.is_main:
             save_module(out_dir, "denoiser", denoiser, denoiser_config(cfg, len(data.spec.names)).to_dict())
             save_module(out_dir, "dvf_decoder", decoder, decoder.config.to_dict())
-            atomic.write_json(out_dir / "model.json", {
-                "format_version": MODEL_FORMAT_VERSION,
-                "grid": data.grid.name,
-                "conditions": data.spec.to_dict(),
-                "schedule": cfg["schedule"],
-                "latent_scale": latent_scale,
-                "sample_steps": int(cfg["ldm"]["sample_steps"]),
-                "preset": cfg.get("preset"),
-            })
+            write_model_json(out_dir, grid=data.grid.name, conditions=data.spec.to_dict(), schedule=cfg["schedule"],
+                             latent_scale=latent_scale, sample_steps=int(cfg["ldm"]["sample_steps"]),
+                             preset=cfg.get("preset"))
     else:
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES} or 'all'")
 
