@@ -42,7 +42,7 @@ def main(checkpoint, manifest, split, subjects, label_scheme):
     from diffdef.geometry import dice, warp_image
     from diffdef.template import load_template
     from diffdef.training.classical_fields import label_fields
-    from diffdef.training.stage_ldm import identity_bias
+    from diffdef.training.ldm.field_targets import identity_bias
     from diffdef.training.train import _load_reg
 
     cfg = json.loads((checkpoint / "config.json").read_text())

@@ -12,7 +12,7 @@ true deformation of every subject is known.
    age like a generated one (``diffdef.synth.scoring``). To first order it is the minimiser of L_morph (and the
    target of the decoder warm-up), so it bounds what the DVF decoder can learn from this network. Scored as is
    and less the network's field for the template registered to itself (``ldm.reg_bias_correction``,
-   :func:`diffdef.training.stage_ldm.identity_bias`); check 1 prints that field's size and both errors. Also
+   :func:`diffdef.training.ldm.field_targets.identity_bias`); check 1 prints that field's size and both errors. Also
    scored: the same mean of the subjects' *true* fields, what a perfect network would give; where that loses to
    the template, the training sample itself (its subjects near that age), not the network, is what is off.
 

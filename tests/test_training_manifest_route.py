@@ -105,7 +105,7 @@ def test_train_all_on_a_manifest_with_label_fields(manifest, tmp_path):
 def test_label_fields_need_label_maps(manifest, tmp_path):
     import torch as _torch
 
-    from diffdef.training.stage_ldm import build_ldm_stage
+    from diffdef.training.ldm import build_ldm_stage
 
     cfg = load_config("tiny", None, ['ldm.field_source="labels"'], data_manifest=manifest)
     data = load_training_data(cfg["data"], show_progress=False)

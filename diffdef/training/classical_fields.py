@@ -3,7 +3,7 @@
 ``ldm.field_source`` says where the bank's fields come from (the bank's neighbourhood means are the targets the
 DVF decoder's basis is pre-fitted to, L_morph's first-order minimiser):
 
-* ``"network"``: the frozen registration network (``stage_ldm.registration_fields``; the synthetic default);
+* ``"network"``: the frozen registration network (``ldm.field_targets.registration_fields``; the synthetic default);
 * ``"demons"``: SimpleITK demons between the template T1 and each training image;
 * ``"labels"``: the same demons between *tissue images* made from the template's label map and each training
   subject's segmentation (:func:`tissue_image`), so the fields follow the segmentations' boundaries.

@@ -74,7 +74,7 @@ class RegSection:
 
 @dataclasses.dataclass
 class LDMSection:
-    """The diffusion model and the DVF decoder (``diffdef.training.stage_ldm`` says what each part does)."""
+    """The diffusion model and the DVF decoder (``diffdef.training.ldm`` says what each part does)."""
     unet_steps: int = 600  # L_diff only, before the DVF decoder's joint phase
     joint_steps: int = 0  # L_diff on the UNet + alpha*L_morph + beta*bending on the DVF decoder (docs/METHOD.md)
     batch_size: int = 16
@@ -89,7 +89,7 @@ class LDMSection:
     # the last W L_diff steps also fit the decoder to the exact neighbourhood-mean fields (the basis pre-fit runs
     # at the first of them)
     decoder_warmup_steps: int = 1
-    reg_bias_correction: bool = True  # fields relative to the network's identical-pair field (stage_ldm.identity_bias)
+    reg_bias_correction: bool = True  # fields relative to the network's identical-pair field (ldm.field_targets.identity_bias)
     # where the exact targets' fields come from: "network" (the frozen registration network), "demons" or
     # "labels" (SimpleITK demons on the images / on the segmentations; training/classical_fields.py)
     field_source: str = "network"

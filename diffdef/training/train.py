@@ -58,7 +58,7 @@ def _load_reg(out_dir: Path, cfg: dict[str, Any]) -> torch.nn.Module:
 
 def _run_one(stage: str, cfg: dict[str, Any], data: TrainingData, out_dir: Path, ctx: DistContext) -> None:
     from diffdef.training.stage_ae import build_ae_stage
-    from diffdef.training.stage_ldm import build_ldm_stage
+    from diffdef.training.ldm import build_ldm_stage, denoiser_config
     from diffdef.training.stage_reg import build_reg_stage, check_registration
     from diffdef.template import load_template
 
@@ -80,9 +80,8 @@ def _run_one(stage: str, cfg: dict[str, Any], data: TrainingData, out_dir: Path,
             check_registration(reg, load_template(data.grid), ctx.device, n_fields=held_out, pairs=2 * held_out)
     elif stage == "ldm":
         ae, reg = _load_ae(out_dir, cfg).to(ctx.device), _load_reg(out_dir, cfg).to(ctx.device)
-        from diffdef.training.stage_ldm import denoiser_config
-
-        run, denoiser, decoder, latent_scale = build_ldm_stage(cfg, data, ae, reg, ctx)
+        ldm = build_ldm_stage(cfg, data, ae, reg, ctx)
+        run, denoiser, decoder, latent_scale = ldm.run, ldm.denoiser, ldm.decoder, ldm.latent_scale
         run_stage(run, out_dir, cfg["seed"], config_hash(cfg, "ldm"), run_cfg["checkpoint_every"], ctx)
         if ctx.is_main:
             save_module(out_dir, "denoiser", denoiser, denoiser_config(cfg, len(data.spec.names)).to_dict())

@@ -5,7 +5,7 @@ import torch
 
 from diffdef.geometry import integrate_svf
 from diffdef.models.field_basis import FieldBasis, FieldBasisConfig
-from diffdef.training.basis_prefit import basis_grid_targets, prefit_field_basis
+from diffdef.training.ldm.basis_prefit import basis_grid_targets, prefit_field_basis
 
 
 def _smooth_fields(n, shape, generator, scale):
