@@ -4,14 +4,9 @@
 latent) and ``B_0 .. B_K`` (3, d', h', w') learned displacement fields on a coarse grid, upsampled trilinearly to
 the decoder's output grid. All ``B`` start at zero, so the DVF decoder still starts at the identity transform.
 
-Why (measured on a 2-core CPU: a fresh DVF decoder from the default preset's trained autoencoder, fitted straight
-to exact neighbourhood-mean fields of its registration network, batch 1, Adam): the AE decoder is
-translation-equivariant, while the atlas field depends on position (it points away from the ventricles' centre).
-Learning that from image features takes the body far longer than the CPU budget allows: after 100 steps at
-lr 3e-4 its decoded ventricle volumes (8 training subjects, ages 20-90) still spanned only 22.5-24.2 mL for
-targets of 16.2-79.4 mL, and its squared error (0.248 voxel^2) was worse than a constant field's (0.184). With
-this path added (rank 4, lr 1e-2 for the fields, 1e-3 for the coefficients) the same 100 steps gave 0.023 voxel^2
-and volumes of 15.2-50.3 mL rising with age. No library provides such a layer; it is a linear map and a parameter.
+Why: the copied AE decoder is translation-equivariant, while the atlas field depends on position (it points away
+from the ventricles' centre); a linear read-out into position-aware fields learns that in a few hundred cheap steps
+(figures in docs/METHOD.md, "Field basis"). No library provides such a layer; it is a linear map and a parameter.
 """
 
 from __future__ import annotations

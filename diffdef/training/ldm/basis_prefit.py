@@ -1,25 +1,9 @@
 """Pre-fit of the DVF decoder's field basis: thousands of cheap steps before the decoder warm-up (not in the paper).
 
-Why (measured on this package's 2-core CPU; the ``default`` preset's trained AE and registration network,
-bias-corrected exact neighbourhood-mean targets, 4 held-out subjects per age decoded and averaged): a full DVF
-decoder step costs about 1.5 s (the AE decoder runs at full resolution), so the warm-up affords 250 steps of
-batch 1. Fitting the field basis alone, 250 such steps left 0.25 voxel RMS from the target at age 30, and the
-atlas lost to the plain template on CSF Dice at 30 and 35 - the same failure as the trained decoder. The basis
-alone costs about 10 ms per step of batch 8 on its 4 mm grid: 1500 steps (16 s) left 0.02-0.07 voxel RMS and
-beat the template at every age 30..85 on ventricle and CSF Dice. The AE decoder's head starts at zero, so at the
-start of the warm-up the decoder's output *is* the basis's, and fitting the basis first is fitting the decoder.
-The rates after it must be lower (``ldm.basis_lr``): in the same experiment, 250 further steps of batch 1 at the
-pre-fit's 1e-2 / 1e-3 undid it (0.14 voxel RMS at 30), at 1e-3 / 1e-4 they kept it (0.02).
-
-Which latents (``ldm.basis_prefit_samples``): at generation the decoder reads latents drawn by the UNet, not
-encoded ones. A basis fitted (as above) to the 120 encoded training latents beat the template at every age on
-held-out *encoded* latents, but on latents drawn by a trained default UNet (4 per age, DDIM 10 steps) it lost
-CSF Dice at 30 (0.910; template 0.942) and was 0.10 voxel RMS from the target there. Fitted to 2 drawn
-latents per training subject alone it lost 2 ages on ventricle Dice and 1 on CSF; fitted to both (encoded + 2
-drawn per subject) it beat the template at every age on both Dice on the held-out drawn latents, 0.05 voxel RMS
-at 30. In the full ``ldm`` stage, steps that train the decoder or the UNet after the pre-fit undid that gain
-(``docs/RESULTS.md``), so ``default`` runs the pre-fit with 2 drawn latents per subject at its last L_diff step
-and has no joint phase.
+Why: the basis alone costs milliseconds per batched step on its coarse grid, so it can be fitted closely to the
+exact neighbourhood-mean targets where a full decoder step could not; with ``ldm.basis_prefit_samples`` it also
+sees latents drawn by the UNet, which is what it reads at generation (figures in docs/METHOD.md, "Basis pre-fit"
+and "Latents drawn by the UNet").
 
 With a diffeomorphic decoder the basis holds a velocity: the targets become velocities by
 :func:`diffdef.geometry.svf.svf_log` on the basis grid (4 fixed-point iterations: 0.04 voxel RMS from the
