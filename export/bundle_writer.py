@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import onnx
 
@@ -33,6 +32,7 @@ from diffdef_export.warp_gather import GatherWarpModule
 from diffdef_runtime import atomic
 from diffdef_runtime.bundle import TEMPLATE_FILES, Bundle, sha256_file
 from diffdef_runtime.interfaces import FORMAT_VERSION, ModelInterface
+from diffdef_runtime.nifti import save_nifti
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,7 @@ def _write_templates(staging: Path, out: OutputGrid) -> None:
     for key, array in maps.items():
         if array.shape != tuple(out.grid.shape):
             raise ExportError(f"template {key} has shape {array.shape}, grid {out.grid.name} is {out.grid.shape}")
-        image = nib.Nifti1Image(array, affine)
-        image.header.set_data_dtype(array.dtype)
-        image.header.set_xyzt_units("mm")
-        nib.save(image, str(staging / TEMPLATE_FILES[key]))
+        save_nifti(array, affine, staging / TEMPLATE_FILES[key])
 
 
 def _files_table(root: Path) -> dict[str, str]:

@@ -113,14 +113,9 @@ def _load_companion(spec: SubjectSpec, path: str, what: str, shape, affine) -> n
 
 
 def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
-    import nibabel as nib
-    from diffdef_runtime.atomic import atomic_path
+    from diffdef_runtime.nifti import save_nifti
 
-    image = nib.Nifti1Image(data, affine)
-    image.set_qform(affine, code=4)  # MNI152
-    image.set_sform(affine, code=4)
-    with atomic_path(path, suffix=".nii.gz") as tmp:
-        nib.save(image, str(tmp))
+    save_nifti(data, affine, path)
 
 
 def prepare_subject(spec: SubjectSpec, out_dir: str | Path, options: Options, split: str | None) -> SubjectResult:

@@ -7,7 +7,7 @@ Layout under ``--out DIR``::
     DIR/manifest.csv                      path, labels_path, age, sex, ventricle_volume_ml, subject, seed
     DIR/atlases/atlas_age-70_T1w.nii.gz   ground-truth atlas (+ _labels), one per --atlas-ages entry
 
-Every file carries the grid's affine and is written atomically (temporary file in the same folder, then
+Every file carries the grid's affine (``diffdef_runtime.nifti``) and is written atomically (temporary file in the same folder, then
 ``os.replace``). Heavy imports happen inside the command so that ``--help`` is instant.
 """
 
@@ -31,21 +31,6 @@ def _parse_ages(ctx, param, value: str) -> tuple[float, ...]:
     if bad:
         raise click.BadParameter(f"ages {bad} are outside the modelled range 20-90")
     return ages
-
-
-def save_nifti(array, affine, path: str) -> None:
-    """Write a (D, H, W) numpy array as NIfTI at ``path`` atomically (tmp file in the same folder + replace)."""
-    import nibabel as nib
-    import numpy as np
-
-    from diffdef_runtime import atomic
-
-    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
-    img.header.set_xyzt_units("mm")
-    img.set_qform(img.affine, code=1)  # aligned to MNI152 via the template, "scanner" code is the safe one
-    img.set_sform(img.affine, code=1)
-    with atomic.atomic_path(path, suffix=".nii.gz") as tmp:
-        nib.save(img, str(tmp))
 
 
 def _age_tag(age: float) -> str:
@@ -72,6 +57,7 @@ def main(n: int, grid: str, out: str, seed: int, atlas_ages: tuple[float, ...], 
 
     from diffdef.data.manifest import write_manifest
     from diffdef.synth.cohort import SyntheticCohort
+    from diffdef_runtime.nifti import save_nifti
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if threads is not None:
