@@ -109,13 +109,13 @@ def main(age, sex, ventricles, bundle, checkpoint, backend, device, steps, sampl
         raise click.UsageError("give at least one condition, e.g. --age 70")
     _check_distinct(conditions)
     try:
-        check_out_folder(out_dir, overwrite)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--out") from err
-    try:
         bundle, checkpoint = resolve_source(bundle, checkpoint)
     except ValueError as err:
         raise click.UsageError(str(err)) from err
+    try:
+        check_out_folder(out_dir, overwrite)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--out") from err
 
     run_id = new_run_id()
     try:  # held until the command ends; released by the kernel if the process is killed

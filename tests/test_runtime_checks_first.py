@@ -1,7 +1,7 @@
 """``diffdef-run`` refuses bad arguments before any model is opened: exit status 2, the value named.
 
 A spy replaces ``open_model`` and ``generate``: a check that came after them would record a call. The bundle
-path given does not even exist: its check comes after these.
+given is an empty folder: opening it would fail, so getting the expected message shows it was not opened.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _invoke(args, bundle):
 def test_out_is_a_file(spy, tmp_path):
     target = tmp_path / "atlases.nii.gz"
     target.write_bytes(b"not a folder")
-    result, seconds = _invoke(["--age", "70", "--sex", "F", "--out", str(target)], tmp_path / "bundle-not-opened")
+    result, seconds = _invoke(["--age", "70", "--sex", "F", "--out", str(target)], tmp_path)
     assert result.exit_code == 2, result.output
     assert f"Invalid value for --out: {target} is a file, not a folder" in result.output
     assert "Traceback" not in result.output and spy == [] and seconds < 5
@@ -69,7 +69,7 @@ def test_out_not_empty_needs_overwrite(spy, tmp_path):
     (["--age", "70,70", "--sex", "F"], "condition age-70_sex-F is asked more than once"),
 ])
 def test_impossible_conditions(spy, tmp_path, args, message):
-    result, seconds = _invoke([*args, "--out", str(tmp_path / "out")], tmp_path / "bundle-not-opened")
+    result, seconds = _invoke([*args, "--out", str(tmp_path / "out")], tmp_path)
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert spy == [] and seconds < 5 and not (tmp_path / "out").exists()
@@ -91,7 +91,7 @@ def test_out_read_only(spy, tmp_path):
     _make_read_only(read_only)
     try:
         for out in (read_only, read_only / "atlases"):
-            result, seconds = _invoke(["--age", "70", "--sex", "F", "--out", str(out)], tmp_path / "not-opened")
+            result, seconds = _invoke(["--age", "70", "--sex", "F", "--out", str(out)], tmp_path)
             assert result.exit_code == 2, result.output
             assert f"Invalid value for --out: {read_only} is not writable" in result.output
             assert "Traceback" not in result.output and spy == [] and seconds < 5
