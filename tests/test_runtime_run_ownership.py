@@ -137,7 +137,8 @@ def test_two_processes_on_one_out(tiny_bundle, tmp_path):
     """The second run fails at once naming the first; with --wait it runs after it. No folder mixes runs."""
     out = tmp_path / "atlases"
     ages = "45:85:5"
-    first = subprocess.Popen(_run(tiny_bundle, out, "--age", ages, "--seed", "1"), env=_env(),
+    # 4 samples per condition: the first run holds the lock for seconds, far longer than the second needs to start
+    first = subprocess.Popen(_run(tiny_bundle, out, "--age", ages, "--seed", "1", "--samples", "4"), env=_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (out / LOCK_NAME).exists() and time.monotonic() < deadline:
