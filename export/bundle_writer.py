@@ -1,9 +1,11 @@
 """Write a bundle (the layout of ``diffdef_runtime.bundle``) from a trained checkpoint folder.
 
-Everything is written into a hidden staging folder beside the target (``.<name>.partial-*``) and renamed into
-place only when complete and verified, with ``manifest.json`` (checksums of every file) written last, inside
-staging. A failed or interrupted export therefore never leaves a bundle that ``Bundle.open`` accepts at the
-target path; a stale staging folder is recognisable by its name and never opened.
+Everything is written into a hidden staging folder beside the target (``.<name>.partial-<pid>-*``) and renamed
+into place only when complete and verified, with ``manifest.json`` (checksums of every file) and
+``checksums.sha256`` (which covers manifest.json too) written last, inside staging. A failed or interrupted export
+therefore never leaves a bundle that ``Bundle.open`` accepts at the target path. A killed export's staging (or
+``.old-`` folder) is removed by the next export into the same place: its name holds the writer's process id,
+and a folder whose writer is no longer running on this machine is stale.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from diffdef_export.onnx_export import (
 )
 from diffdef_export.warp_gather import GatherWarpModule
 from diffdef_runtime import atomic
-from diffdef_runtime.bundle import TEMPLATE_FILES, Bundle, sha256_file
+from diffdef_runtime.bundle import CHECKSUMS, TEMPLATE_FILES, Bundle, format_checksums, sha256_file
 from diffdef_runtime.interfaces import FORMAT_VERSION, ModelInterface
 from diffdef_runtime.nifti import save_nifti
 
@@ -97,11 +99,12 @@ def _write_templates(staging: Path, out: OutputGrid) -> None:
 
 
 def _files_table(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root`` except manifest.json and engines/ (relative POSIX paths)."""
+    """sha256 of every file under ``root`` except manifest.json, checksums.sha256 and engines/ (relative POSIX
+    paths)."""
     table = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if path.is_file() and rel != "manifest.json" and not rel.startswith("engines/"):
+        if path.is_file() and rel not in ("manifest.json", CHECKSUMS) and not rel.startswith("engines/"):
             table[rel] = sha256_file(path)
     return table
 
@@ -128,6 +131,33 @@ def _set_permissions(root: Path) -> None:
     os.umask(umask)
     for path in [root, *root.rglob("*")]:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_staging(out_dir: Path) -> list[Path]:
+    """Delete ``.<name>.partial-<pid>-*`` / ``.<name>.old-<pid>-*`` folders beside ``out_dir`` whose exporting
+    process is gone (killed mid-export); folders of a running export are kept. Returns what was removed."""
+    removed = []
+    if not out_dir.parent.is_dir():
+        return removed
+    for kind in ("partial", "old"):
+        for path in out_dir.parent.glob(f".{out_dir.name}.{kind}-*"):
+            pid = path.name[len(f".{out_dir.name}.{kind}-"):].split("-")[0]
+            if path.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    if removed:
+        log.info("removed %d stale folder(s) of a killed export: %s", len(removed), ", ".join(p.name for p in removed))
+    return removed
 
 
 def _install(staging: Path, out_dir: Path) -> None:
@@ -182,11 +212,14 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, fp16: bool = 
     out = resolve_output_grid(checkpoint.training_grid, grid)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    remove_stale_staging(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}-", dir=out_dir.parent))
     try:
         manifest, reports = _write_bundle(checkpoint, out, staging, fp16=fp16, use_cache=use_cache)
         manifest["files"] = _files_table(staging)
         atomic.write_json(staging / "manifest.json", manifest)
+        checksums = {**manifest["files"], "manifest.json": sha256_file(staging / "manifest.json")}
+        atomic.write_text(staging / CHECKSUMS, format_checksums(checksums))
         _set_permissions(staging)
         Bundle.open(staging)  # the runtime accepts what we wrote (checksums included)
         _prepare_target(out_dir, force)

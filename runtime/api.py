@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from diffdef_runtime.conditions import ConditionSpec, parse_age_list
+from diffdef_runtime.conditions import ConditionSpec, check_possible, parse_age_list
 from diffdef_runtime.pipeline import AtlasResult
 
 #: Where ``diffdef-train all --preset default --out runs/default`` + ``diffdef-export`` put the bundle.
@@ -54,6 +54,8 @@ def condition_values(age: Any = None, sex: Any = None, ventricles: Any = None) -
         values["ventricle_volume_ml"] = ventricles
     if not values:
         raise ValueError("give at least one condition, e.g. age=70")
+    for name, value in values.items():  # impossible values (negative age, ...) are errors, not extrapolation
+        check_possible(name, list(value) if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) else [value])
     return values
 
 
@@ -126,17 +128,31 @@ class AtlasGenerator:
         """The template's ventricle volume (mL): what an atlas with a zero DVF has."""
         return float(self.model.template.ventricle_prob.sum() * self.model.info.voxel_volume_ml)
 
-    def save(self, results: AtlasResult | Sequence[AtlasResult], out_dir: str | Path) -> list[Path]:
+    def save(self, results: AtlasResult | Sequence[AtlasResult], out_dir: str | Path, wait: bool = False
+             ) -> list[Path]:
         """Write each result to ``out_dir/<condition>/`` (atlas, dvf, jacobian NIfTIs, preview.png,
-        record.json) and, for two or more, ``summary.png``, ``volumes.png`` and ``index.html`` into ``out_dir``
-        (as ``diffdef-run``); returns the folders."""
-        from diffdef_runtime.outputs import write_result
+        record.json) and, for two or more, ``summary.png``, ``volumes.png`` and ``index.html`` into ``out_dir``,
+        as one run holding ``out_dir``'s lock like ``diffdef-run`` (``wait``: wait for another writer instead of
+        raising ``FolderBusyError``); existing folders of these conditions are replaced whole. Returns the
+        folders."""
+        import os
+
+        from diffdef_runtime import atomic
+        from diffdef_runtime.outfolder import locked_folder
+        from diffdef_runtime.outputs import duplicate_labels, new_run_id, write_result
         from diffdef_runtime.series import write_series
 
         if isinstance(results, AtlasResult):
             results = [results]
-        folders = [write_result(r, self.model.affine, out_dir, extra={"source": self.model.source}) for r in results]
-        if len(results) > 1:
-            write_series(results, out_dir, folders, template_ventricle_ml=self.template_ventricle_ml,
-                         affine=self.model.affine, meta={"model": self.model.source})
+        twice = duplicate_labels([r.condition for r in results])
+        if twice:
+            raise ValueError(f"condition {twice[0]} is given more than once; each condition writes one folder")
+        run_id = new_run_id()
+        with locked_folder(out_dir, f"AtlasGenerator.save pid {os.getpid()}, run {run_id}", wait=wait):
+            atomic.remove_stale(out_dir)
+            folders = [write_result(r, self.model.affine, out_dir, extra={"source": self.model.source},
+                                    run_id=run_id) for r in results]
+            if len(results) > 1:
+                write_series(results, out_dir, folders, template_ventricle_ml=self.template_ventricle_ml,
+                             affine=self.model.affine, meta={"model": self.model.source})
         return folders

@@ -4,17 +4,20 @@ Layout::
 
     manifest.json              format version, grid, conditions, schedule, latent scale, precision,
                                interfaces, tool versions, verification results, sha256 of every file
+    checksums.sha256           sha256 of every file above, manifest.json included (``sha256sum -c`` format)
     unet.onnx  dvf_decoder.onnx  warp.onnx
     template_t1.nii.gz  template_ventricle_prob.nii.gz  template_labels.nii.gz
     checkpoint/                denoiser / dvf_decoder weights + model.json (the torch reference)
     engines/                   TensorRT engines built on the target machine (cache, not checksummed)
 
-Opening a bundle verifies every checksum; a missing or changed file refuses to run.
+Opening a bundle verifies every checksum, manifest.json's included: a missing, truncated or edited file (an
+edited ``latent_scale`` or condition range too) refuses to run, naming the file. Large files that are unchanged
+since they were last hashed (same size, mtime, ctime, inode) are not re-read (``diffdef_runtime.hashing``);
+``verify="full"`` re-hashes everything.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +27,12 @@ import nibabel as nib
 import numpy as np
 
 from diffdef_runtime.conditions import ConditionSpec
+from diffdef_runtime.hashing import DigestCache, sha256_file  # noqa: F401  (sha256_file: used by the exporter)
 from diffdef_runtime.interfaces import FORMAT_VERSION, ModelInterface
 from diffdef_runtime.pipeline import ModelInfo, TemplateMaps
 from diffdef_runtime.schedulers import ScheduleConfig
 
+CHECKSUMS = "checksums.sha256"
 TEMPLATE_FILES = {"t1": "template_t1.nii.gz", "ventricle_prob": "template_ventricle_prob.nii.gz",
                   "labels": "template_labels.nii.gz"}
 
@@ -36,12 +41,40 @@ class BundleError(ValueError):
     """A bundle is missing, incomplete, corrupted or of another format version."""
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def format_checksums(table: dict[str, str]) -> str:
+    """``<sha256>  <relative path>`` lines, sorted (what ``sha256sum`` writes and ``sha256sum -c`` reads)."""
+    return "".join(f"{digest}  {rel}\n" for rel, digest in sorted(table.items()))
+
+
+def parse_checksums(path: Path) -> dict[str, str]:
+    """relative path -> sha256 from a :data:`CHECKSUMS` file; BundleError naming the file when malformed."""
+    table = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        digest, sep, rel = line.partition("  ")
+        if not sep or len(digest) != 64 or not rel:
+            raise BundleError(f"{path}, line {number}: not '<sha256>  <file>': {line[:80]!r}; re-export the bundle")
+        table[rel] = digest
+    return table
+
+
+def _checksums(root: Path) -> dict[str, str]:
+    listed = root / CHECKSUMS
+    if not listed.is_file():
+        raise BundleError(f"bundle file missing: {listed} (it covers manifest.json; bundles exported before it "
+                          "existed must be re-exported with diffdef-export)")
+    table = parse_checksums(listed)
+    if "manifest.json" not in table:
+        raise BundleError(f"{listed} does not cover manifest.json; re-export the bundle")
+    return table
+
+
+def _check_digest(path: Path, expected: str, cache: DigestCache | None = None) -> None:
+    if not path.is_file():
+        raise BundleError(f"bundle file missing: {path}")
+    actual = cache.digest(path) if cache is not None else sha256_file(path)
+    if actual != expected:
+        raise BundleError(f"checksum mismatch for {path}: {CHECKSUMS} says {expected[:12]}..., file is "
+                          f"{actual[:12]}...; the bundle was modified or corrupted: re-export it")
 
 
 @dataclass
@@ -50,14 +83,17 @@ class Bundle:
     manifest: dict[str, Any]
 
     @classmethod
-    def open(cls, root: str | Path, verify: bool = True) -> "Bundle":
-        """Read ``manifest.json`` and (by default) check every file's sha256."""
+    def open(cls, root: str | Path, verify: bool | str = True) -> "Bundle":
+        """Read ``manifest.json`` and check every file's sha256 (``verify``: True, "full" to bypass the cache of
+        large unchanged files, or False)."""
         root = Path(root)
         path = root / "manifest.json"
         if not root.is_dir():
             raise BundleError(f"bundle folder not found: {root}")
         if not path.is_file():
             raise BundleError(f"{root} is not a DiffDef bundle: no manifest.json (make one with `diffdef-export`)")
+        if verify:  # before reading it: an edited manifest is named as such, whatever the edit broke
+            _check_digest(path, _checksums(root)["manifest.json"])
         try:
             manifest = json.loads(path.read_text())
         except json.JSONDecodeError as err:
@@ -67,22 +103,30 @@ class Bundle:
                               f"reads version {FORMAT_VERSION}. Re-export with this version of diffdef-export.")
         bundle = cls(root, manifest)
         if verify:
-            bundle.verify()
+            bundle.verify(full=verify == "full")
         return bundle
 
-    def verify(self) -> None:
-        """Raise BundleError naming the first missing file or checksum mismatch."""
+    def verify(self, full: bool = False) -> None:
+        """Raise BundleError naming the first missing, truncated or changed file, manifest.json included.
+
+        ``checksums.sha256`` covers manifest.json and every file the manifest lists (their digests must agree);
+        it is not itself covered: it catches edits and corruption, not someone rewriting both on purpose.
+        """
+        table = _checksums(self.root)
+        listed = self.root / CHECKSUMS
         files = self.manifest.get("files")
         if not files:
             raise BundleError(f"{self.root}/manifest.json lists no files")
+        cache = DigestCache(full=full)
+        try:
+            for rel, expected in sorted(table.items(), key=lambda item: (item[0] != "manifest.json", item[0])):
+                _check_digest(self.root / rel, expected, cache)
+        finally:
+            cache.save()
         for rel, expected in sorted(files.items()):
-            path = self.root / rel
-            if not path.is_file():
-                raise BundleError(f"bundle file missing: {path}")
-            actual = sha256_file(path)
-            if actual != expected:
-                raise BundleError(f"checksum mismatch for {path}: manifest says {expected[:12]}..., file is "
-                                  f"{actual[:12]}...; the bundle was modified or corrupted: re-export it")
+            if table.get(rel) != expected:
+                raise BundleError(f"{listed} and manifest.json disagree about {rel}; the bundle was modified: "
+                                  "re-export it")
 
     # ----------------------------------------------------------------------------------------- contents
     def interface(self, name: str) -> ModelInterface:

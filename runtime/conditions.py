@@ -25,6 +25,12 @@ _SEX_WORDS = {"f": 0.0, "female": 0.0, "0": 0.0, "m": 1.0, "male": 1.0, "1": 1.0
 _MAX_AGE_LIST = 10_000
 
 
+# Values no person can have: refused before any model is opened (values merely outside the trained range warn).
+AGE_LIMIT_YEARS = 125.0  # above the oldest documented human age (122)
+POSSIBLE = {"age": (0.0, AGE_LIMIT_YEARS), "ventricle_volume_ml": (0.0, math.inf)}
+_UNITS = {"age": "years", "ventricle_volume_ml": "mL"}
+
+
 class ExtrapolationWarning(UserWarning):
     """A condition value lies outside the range the model saw in training (the result was never validated)."""
 
@@ -94,6 +100,25 @@ def _to_number(name: str, value: Any) -> float:
     if name == "sex" and number not in (0.0, 1.0):
         raise ValueError(f"condition 'sex': {value!r} must be 0 (F) or 1 (M), or F/M/female/male")
     return number
+
+
+def check_possible(name: str, values: Sequence[float]) -> None:
+    """ValueError naming the first value of condition ``name`` that no subject can have (negative age, age
+    above :data:`AGE_LIMIT_YEARS`, negative ventricle volume); ``sex`` must parse (:func:`parse_sex`)."""
+    for value in values:
+        if name == "sex":
+            try:
+                parse_sex(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a sex; use F or M (female/male, 0/1)") from None
+            continue
+        if name not in POSSIBLE or isinstance(value, bool) or not isinstance(value, numbers.Real):
+            continue  # not a number: normalise() names it
+        lo, hi = POSSIBLE[name]
+        if not lo <= float(value) <= hi:
+            bound = f"between {_fmt(lo)} and {_fmt(hi)}" if math.isfinite(hi) else f"at least {_fmt(lo)}"
+            raise ValueError(f"{name} {_fmt(float(value))} {_UNITS[name]} is impossible: it must be {bound} "
+                             f"{_UNITS[name]}")
 
 
 def _is_sequence(value: Any) -> bool:

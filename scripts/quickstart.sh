@@ -7,5 +7,5 @@ bash scripts/setup.sh
 . .venv/bin/activate
 diffdef-train all --preset default --out runs/default
 diffdef-export runs/default -o runs/default/bundle --force
-diffdef-run --age 70 --bundle runs/default/bundle --out atlases
+diffdef-run --age 70 --bundle runs/default/bundle --out atlases --overwrite
 echo "atlas written to atlases/age-70/ (atlas.nii.gz, dvf.nii.gz, jacobian.nii.gz, preview.png, record.json)"

@@ -18,7 +18,7 @@ from diffdef_export.bundle_writer import export_bundle
 from diffdef_export.errors import ExportError, VerificationError
 from diffdef_export.modules import grid_sample_warp, integrate_svf_traceable
 from diffdef_export.onnx_export import load_checkpoint, resolve_output_grid
-from diffdef_runtime.bundle import TEMPLATE_FILES, Bundle, BundleError, sha256_file
+from diffdef_runtime.bundle import TEMPLATE_FILES, Bundle, BundleError, parse_checksums, sha256_file
 from diffdef_runtime.grid import get_grid
 from diffdef_runtime.interfaces import FORMAT_VERSION, all_interfaces
 from file_helpers import flip_middle_byte
@@ -107,10 +107,12 @@ def test_manifest_is_complete_and_accepted_by_the_runtime(tiny_bundle, tiny_chec
     assert m["tensorrt_unsupported"]["warp.onnx"] == ["GridSample"]  # 5-D: TensorRT >= 11.2 only
     assert m["tensorrt_unsupported"]["warp_gather.onnx"] == []
     assert m["tensorrt_unsupported"]["unet.onnx"] == []
-    # every file but the manifest is checksummed
+    # every file but the manifest is checksummed in it; checksums.sha256 covers those and the manifest too
     on_disk = {p.relative_to(tiny_bundle).as_posix() for p in tiny_bundle.rglob("*") if p.is_file()}
-    assert set(m["files"]) == on_disk - {"manifest.json"}
+    assert set(m["files"]) == on_disk - {"manifest.json", "checksums.sha256"}
     assert all(m["files"][rel] == sha256_file(tiny_bundle / rel) for rel in m["files"])
+    listed = parse_checksums(tiny_bundle / "checksums.sha256")
+    assert listed == {**m["files"], "manifest.json": sha256_file(tiny_bundle / "manifest.json")}
     # template maps on the grid, with the grid's affine and the documented dtypes
     maps = bundle.template_maps()
     assert maps.t1.shape == grid.shape and maps.ventricle_prob.shape == grid.shape

@@ -90,3 +90,18 @@ def test_non_finite_record_values_become_null(tmp_path):
     result.ventricle_volume_ml = float("nan")
     folder = write_result(result, np.eye(4), tmp_path)
     assert load_record(folder)["ventricle_volume_ml"] is None
+
+
+def test_chosen_outputs_only_and_uncompressed_niftis(tmp_path):
+    from diffdef_runtime.outputs import check_folder, output_names
+
+    result = _result(seed=4)
+    folder = write_result(result, np.eye(4), tmp_path, outputs=("jacobian", "atlas"), compress=False, run_id="r1")
+    assert sorted(p.name for p in folder.iterdir()) == ["atlas.nii", "jacobian.nii", "record.json"]
+    assert (folder / "atlas.nii").read_bytes()[344:348] == b"n+1\x00"  # plain single-file NIfTI, not gzip
+    np.testing.assert_array_equal(np.asarray(nib.load(str(folder / "jacobian.nii")).dataobj), result.jacobian)
+    assert check_folder(folder) == "r1" and sorted(load_record(folder)["files"]) == ["atlas.nii", "jacobian.nii"]
+    with pytest.raises(ValueError, match="outputs must be a non-empty subset"):
+        output_names(("atlas", "mesh"))
+    with pytest.raises(ValueError, match="outputs must be a non-empty subset"):
+        output_names(())

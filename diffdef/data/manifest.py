@@ -17,6 +17,9 @@ Reading (:func:`read_manifest`):
   a typo is never silently dropped.
 - A missing CSV, a missing column, a manifest with no usable row and an image file that does not exist are
   errors too (checked for every usable row before training starts, not at item 3,000).
+- With ``unique=True`` (training), two rows that list the same image, or the same subject id (a column ``id``,
+  ``subject``, ``subject_id`` or ``participant_id``), are an error naming both rows: one scan listed 8 times
+  would otherwise train as 8 subjects, and a subject in both splits leaks into the test set.
 
 Loading (:class:`ManifestDataset`, :func:`load_grid_image`): nibabel loads the image and reorients it to
 RAS with ``nib.as_closest_canonical`` (axis flips/permutations only, no resampling); its shape must then be
@@ -90,6 +93,7 @@ class ManifestTable:
         conditions: the condition names, in the order asked for.
         csv_path: the manifest file (absolute).
         total: how many data rows the CSV had (usable + skipped, and rows of other splits).
+        where: per usable row, ``(row number, line number)`` in the CSV (for error messages).
     """
 
     rows: list[dict[str, Any]]
@@ -97,6 +101,7 @@ class ManifestTable:
     conditions: tuple[str, ...] = ("age",)
     csv_path: Path | None = None
     total: int = field(default=-1)
+    where: list[tuple[int, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.total < 0:
@@ -172,6 +177,7 @@ def read_manifest(
     check_files: bool = True,
     split: str | None = None,
     path_columns: Sequence[str] = (),
+    unique: bool = False,
 ) -> ManifestTable:
     """Read a manifest CSV into a :class:`ManifestTable`.
 
@@ -186,6 +192,7 @@ def read_manifest(
             has this value; the column must exist. ``None`` keeps every row.
         path_columns: other columns of file paths (e.g. ``labels``) to return, resolved like the image paths and
             keyed by the column name; an empty cell gives ``None``.
+        unique: two rows (of any split) with the same image path or subject id are an error naming both.
 
     Returns:
         The usable rows, with absolute image paths and float condition values.
@@ -223,6 +230,9 @@ def read_manifest(
         cond_cols = {name: _find_column(fieldnames, name, csv_path, "condition") for name in conditions}
         split_col = _find_column(fieldnames, "split", csv_path, "split") if split is not None else None
         extra_cols = {name: _find_column(fieldnames, name, csv_path, "path") for name in path_columns}
+        id_col = next((c for c in fieldnames if c.strip().casefold() in ID_COLUMNS), None) if unique else None
+        seen: dict[tuple[str, str], tuple[int, int]] = {}
+        where: list[tuple[int, int]] = []
 
         rows: list[dict[str, Any]] = []
         missing_per_column: dict[str, int] = {}
@@ -230,6 +240,8 @@ def read_manifest(
         for record in reader:
             total += 1
             line = reader.line_num
+            if unique:
+                _check_unique(record, path_col, id_col, base, seen, (total, line), csv_path)
             if split_col is not None and (record.get(split_col) or "").strip() != split:
                 continue
             values: dict[str, float] = {}
@@ -259,6 +271,7 @@ def read_manifest(
                 )
             extra = {name: _resolve(record.get(column), base) for name, column in extra_cols.items()}
             rows.append({"path": str(image), **values, **extra})
+            where.append((total, line))
 
     if not rows:
         reason = ""
@@ -276,7 +289,30 @@ def read_manifest(
             ManifestWarning,
             stacklevel=2,
         )
-    return ManifestTable(rows=rows, skipped=skipped, conditions=conditions, csv_path=csv_path, total=total)
+    return ManifestTable(rows=rows, skipped=skipped, conditions=conditions, csv_path=csv_path, total=total,
+                         where=where)
+
+
+ID_COLUMNS = ("id", "subject", "subject_id", "participant_id")
+
+
+def _check_unique(record: Mapping[str, str | None], path_col: str, id_col: str | None, base: Path,
+                  seen: dict[tuple[str, str], tuple[int, int]], here: tuple[int, int], csv_path: Path) -> None:
+    """ManifestError naming both rows when this row repeats an earlier row's image or subject id."""
+    keys = []
+    raw_path = (record.get(path_col) or "").strip()
+    if raw_path:
+        keys.append((path_col, _resolve(raw_path, base)))
+    subject = (record.get(id_col) or "").strip() if id_col is not None else ""
+    if subject:
+        keys.append((id_col, subject))
+    for column, value in keys:
+        if (column, value) in seen:
+            (row, line), (row2, line2) = seen[(column, value)], here
+            what = "image" if column == path_col else "subject id"
+            raise ManifestError(f"{csv_path}: rows {row} (line {line}) and {row2} (line {line2}) have the same {what} "
+                                f"{value!r} in column {column!r}; list each subject once")
+        seen[(column, value)] = here
 
 
 def _resolve(raw: str | None, base: Path) -> str | None:

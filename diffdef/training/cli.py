@@ -40,14 +40,22 @@ def main(stage, preset, config_file, data_manifest, overrides, out_dir, restart,
     try:
         cfg = load_config(preset, config_file, list(overrides), data_manifest)
     except (ValueError, FileNotFoundError) as err:
-        raise click.BadParameter(str(err)) from err
+        from diffdef.data.manifest import ManifestError
+
+        manifest_error = data_manifest is not None and isinstance(err, (ManifestError, FileNotFoundError))
+        raise click.BadParameter(str(err), param_hint="--data" if manifest_error else None) from err
     if print_config:
         click.echo(json.dumps(cfg, indent=2, sort_keys=True))
         return
-    from diffdef.training.train import train
+    from diffdef.training.train import TrainingDataError, train
 
     out = out_dir or f"runs/{preset}"
-    train(stage, cfg, out, restart=restart)
+    try:
+        train(stage, cfg, out, restart=restart)
+    except TrainingDataError as err:  # nothing was written to --out
+        if data_manifest is not None:
+            raise click.BadParameter(str(err), param_hint="--data") from err
+        raise click.ClickException(f"training data: {err}") from err
     click.echo(f"trained {stage} into {out}", err=True)
 
 

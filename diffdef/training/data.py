@@ -81,19 +81,33 @@ def _manifest(data_cfg: dict[str, Any], grid: Grid) -> tuple[torch.Tensor, np.nd
         split = None
     has_labels = "labels" in columns
     table = read_manifest(data_cfg["manifest"], conditions=names, image_column=data_cfg["image_column"],
-                          split=split, path_columns=("labels",) if has_labels else ())
+                          split=split, path_columns=("labels",) if has_labels else (), unique=True)
     log.info("manifest %s: %d subjects%s", data_cfg["manifest"], len(table),
              f" of split {split!r}" if split is not None else "")
     dataset = ManifestDataset(table, grid)
-    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    images = torch.stack([_row(table, i, data_cfg["image_column"], lambda i=i: dataset[i]["image"])
+                          for i in range(len(dataset))])
     raw = np.stack([table.values(name) for name in names], axis=1).astype(np.float64)
     labels = None
     if has_labels and all(row["labels"] for row in table.rows):
         from diffdef.evaluate.cohort import load_labels
 
-        labels = torch.stack([torch.from_numpy(load_labels(row["labels"], grid).astype(np.int16))
-                              for row in table.rows])
+        labels = torch.stack([_row(table, i, "labels", lambda i=i: torch.from_numpy(
+            load_labels(table.rows[i]["labels"], grid).astype(np.int16))) for i in range(len(table))])
     return images, raw, labels
+
+
+def _row(table, index: int, column: str, load):
+    """``load()``, with a failure (missing file, NaN voxels, wrong grid) re-raised as a one-line ManifestError
+    naming the manifest, the row, its line and the column."""
+    from diffdef.data.manifest import ManifestError
+
+    try:
+        return load()
+    except (ValueError, OSError) as err:
+        row, line = table.where[index]
+        first = str(err).splitlines()[0].rstrip(";") if str(err) else type(err).__name__
+        raise ManifestError(f"{table.csv_path}, row {row} (line {line}), column {column!r}: {first}") from err
 
 
 def load_training_data(data_cfg: dict[str, Any], show_progress: bool = True) -> TrainingData:

@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 STAGES = ("ae", "reg", "ldm")
 
 
+class TrainingDataError(ValueError):
+    """The training data cannot be loaded (a manifest row's file is missing, NaN, off the grid, ...); raised
+    before anything is written to the output folder."""
+
+
 def _progress(out_dir: Path) -> list[str]:
     path = out_dir / "progress.json"
     return json.loads(path.read_text())["completed"] if path.exists() else []
@@ -104,21 +109,26 @@ def train(stage: str, cfg: dict[str, Any], out_dir: Path, restart: bool = False)
         torch.set_num_threads(int(cfg["run"]["num_threads"]))
     out_dir = Path(out_dir)
     try:
+        done = [s for s in _progress(out_dir) if not (restart and s in stages)]
+        todo = [s for s in stages if s not in done]
+        data = None
+        if todo:  # load (and so check) the data before writing anything to out_dir
+            try:
+                data = load_training_data(cfg["data"], show_progress=ctx.is_main)
+            except (ValueError, FileNotFoundError) as err:
+                raise TrainingDataError(str(err)) from err
         if ctx.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             if restart:
                 for name in stages:
                     state_path(out_dir, name).unlink(missing_ok=True)
-                atomic.write_json(out_dir / "progress.json",
-                                  {"completed": [s for s in _progress(out_dir) if s not in stages]})
+                atomic.write_json(out_dir / "progress.json", {"completed": done})
             atomic.write_json(out_dir / "config.json", cfg)
         barrier(ctx)
-        todo = [s for s in stages if s not in _progress(out_dir)]
         for name in set(stages) - set(todo):
             log.info("stage %s is already complete in %s (use --restart to train it again)", name, out_dir)
         if not todo:
             return
-        data = load_training_data(cfg["data"], show_progress=ctx.is_main)
         for name in todo:
             if name == "ldm" and not {"ae", "reg"} <= set(_progress(out_dir)):
                 raise RuntimeError(f"stage ldm needs a trained autoencoder and registration network in {out_dir}: "

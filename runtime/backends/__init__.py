@@ -28,8 +28,10 @@ class OpenedModel:
 
 
 def open_model(backend: str, bundle: str | Path | None = None, checkpoint: str | Path | None = None,
-               device: str = "cpu") -> OpenedModel:
-    """Open a bundle (``ort``, ``tensorrt``, ``torch``) or a training checkpoint (``torch`` only)."""
+               device: str = "cpu", verify: bool | str = True) -> OpenedModel:
+    """Open a bundle (``ort``, ``tensorrt``, ``torch``) or a training checkpoint (``torch`` only).
+
+    ``verify``: checksums of the bundle (``Bundle.open``): True, or "full" to re-hash large unchanged files."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if checkpoint is not None:
@@ -43,7 +45,7 @@ def open_model(backend: str, bundle: str | Path | None = None, checkpoint: str |
         raise ValueError("no bundle or checkpoint given")
     from diffdef_runtime.bundle import Bundle
 
-    opened = Bundle.open(bundle)  # verifies checksums
+    opened = Bundle.open(bundle, verify=verify)  # verifies checksums
     if backend == "ort":
         from diffdef_runtime.backends.ort import OrtEngines
 

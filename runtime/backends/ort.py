@@ -28,8 +28,9 @@ _TRT_PRECISIONS = ("fp32", "fp16", "float32", "float16")
 def _import_ort():
     try:
         import onnxruntime
-    except ImportError as err:  # pragma: no cover - onnxruntime is a core dependency
-        raise RuntimeError(f"the ort backend needs onnxruntime (pip install onnxruntime): {err}") from err
+    except ImportError as err:  # pragma: no cover - the runtime or gpu extra provides it
+        raise RuntimeError('the ort backend needs ONNX Runtime: pip install "diffdef[runtime]" (CPU) or '
+                           f'"diffdef[gpu]" (CUDA), not both: {err}') from err
     return onnxruntime
 
 
