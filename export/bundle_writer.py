@@ -34,6 +34,7 @@ from diffdef_export.warp_gather import GatherWarpModule, gather_warp
 from diffdef_runtime import atomic
 from diffdef_runtime.bundle import TEMPLATE_FILES, Bundle, sha256_file
 from diffdef_runtime.interfaces import FORMAT_VERSION, ModelInterface
+from diffdef_runtime.pipeline import recorded_default_steps
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +298,7 @@ def _write_bundle(checkpoint: LoadedCheckpoint, out: OutputGrid, staging: Path, 
         "schedule": info.schedule.to_dict(),
         "conditions": info.conditions.to_dict(),
         "sample_steps": int(meta.get("sample_steps", 20)),
+        "default_steps": recorded_default_steps(meta),
         "preset": meta.get("preset"),
         "diffeomorphic": diffeomorphic,
         "interfaces": {name: i.to_dict() for name, i in interfaces.items()},

@@ -25,7 +25,7 @@ import numpy as np
 
 from diffdef_runtime.conditions import ConditionSpec
 from diffdef_runtime.interfaces import FORMAT_VERSION, ModelInterface
-from diffdef_runtime.pipeline import ModelInfo, TemplateMaps
+from diffdef_runtime.pipeline import ModelInfo, TemplateMaps, recorded_default_steps
 from diffdef_runtime.schedulers import ScheduleConfig
 
 TEMPLATE_FILES = {"t1": "template_t1.nii.gz", "ventricle_prob": "template_ventricle_prob.nii.gz",
@@ -111,7 +111,8 @@ class Bundle:
         return ModelInfo(conditions=ConditionSpec.from_dict(m["conditions"]),
                          schedule=ScheduleConfig.from_dict(m["schedule"]),
                          latent_shape=tuple(m["latent_shape"]), latent_scale=float(m["latent_scale"]),
-                         affine=self.affine, voxel_volume_ml=float(m["grid"]["spacing_mm"]) ** 3 / 1000.0)
+                         affine=self.affine, voxel_volume_ml=float(m["grid"]["spacing_mm"]) ** 3 / 1000.0,
+                         default_steps=recorded_default_steps(m))
 
     def template_maps(self) -> TemplateMaps:
         def load(key):

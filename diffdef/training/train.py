@@ -28,6 +28,10 @@ from diffdef.training.loop import run_stage, step_seed
 from diffdef.training.state import state_path
 from diffdef_runtime import atomic
 
+#: ``default_steps`` written into model.json: the generation's DDIM step count, chosen from
+#: ``benchmarks/sampling_steps.py`` on the default model (README, "Sampling steps").
+GENERATION_STEPS = 20
+
 log = logging.getLogger(__name__)
 
 STAGES = ("ae", "reg", "ldm")
@@ -94,7 +98,8 @@ def _run_one(stage: str, cfg: dict[str, Any], data: TrainingData, out_dir: Path,
                 "conditions": data.spec.to_dict(),
                 "schedule": cfg["schedule"],
                 "latent_scale": latent_scale,
-                "sample_steps": int(cfg["ldm"]["sample_steps"]),
+                "sample_steps": int(cfg["ldm"]["sample_steps"]),  # training's L_morph sampler, not generation's
+                "default_steps": GENERATION_STEPS,
                 "preset": cfg.get("preset"),
             })
     else:
