@@ -85,3 +85,28 @@ def test_a_bundle_without_the_decoder_twin_is_refused_for_tensorrt(diffeomorphic
     del old.manifest["interfaces"]["dvf_decoder_gather"]  # as exported before the twin existed
     with pytest.raises(ExportError, match="dvf_decoder.onnx holds a GridSample.*re-export"):
         tensorrt_onnx_file(old, "dvf_decoder")
+
+
+def test_a_nearest_neighbour_warp_would_fail_the_atlas_checks(tiny_bundle):
+    """What a misread ``mode="linear"`` (nearest) would do to the template: far above the warped-atlas bounds of the
+    TensorRT test (1e-3) and of benchmarks/gpu_check.py (1e-2), so those checks catch it where the DVF alone can't."""
+    import torch
+    import torch.nn.functional as F
+
+    from diffdef_export.modules import grid_sample_warp
+
+    t1 = torch.from_numpy(Bundle.open(tiny_bundle).template_maps().t1)[None, None]
+    dvf = 0.6 * torch.randn(1, 3, *t1.shape[2:], generator=torch.Generator().manual_seed(0))
+    linear = grid_sample_warp(t1, dvf)
+    nearest = F.grid_sample(t1, _grid(dvf), mode="nearest", padding_mode="border", align_corners=True)
+    assert float((linear - nearest).abs().max()) > 0.05
+
+
+def _grid(dvf):
+    """grid_sample's normalised (W, H, D) grid of ``x + dvf`` (as ``grid_sample_warp`` builds it)."""
+    import torch
+
+    axes = [torch.arange(n, dtype=dvf.dtype) for n in dvf.shape[2:]]
+    mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"))[None] + dvf
+    norm = [mesh[:, i] * 2 / (n - 1) - 1 for i, n in enumerate(dvf.shape[2:])]
+    return torch.stack(norm[::-1], dim=-1)
