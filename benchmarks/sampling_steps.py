@@ -100,8 +100,9 @@ def main(checkpoint, bundle, backend, ages, step_list, samples, seed, json_out):
     tic = time.perf_counter()
     def progress(done):
         s = summarise(done)[0]
-        print(f"{s['steps']} steps: Dice vent {s['dice_vent']:.4f}, Dice CSF {s['dice_csf']:.4f}, "
-              f"{s['seconds_per_atlas']:.2f} s per atlas", flush=True)
+        print(f"{s['steps']} steps: Dice vent {s['dice_vent']:.4f}, Dice CSF {s['dice_csf']:.4f}, volume "
+              f"{s['volume_ml']:.2f} mL (true {s['true_volume_ml']:.2f}), {s['seconds_per_atlas']:.2f} s per atlas",
+              flush=True)
 
     rows = score_step_counts(model, AgeingModel(template), age_list, counts, samples=samples, seed=seed,
                              progress=progress)
