@@ -18,7 +18,7 @@ from diffdef.models.denoiser import ConditionalDenoiser, DenoiserConfig
 from diffdef.models.dvf_decoder import DVFDecoder, DVFDecoderConfig
 from diffdef_runtime.conditions import ConditionSpec
 from diffdef_runtime.grid import get_grid
-from diffdef_runtime.pipeline import AtlasResult, ModelInfo, TemplateMaps, generate
+from diffdef_runtime.pipeline import AtlasResult, ModelInfo, TemplateMaps, generate, recorded_default_steps
 from diffdef_runtime.schedulers import ScheduleConfig
 
 def load_generation_modules(checkpoint_dir: str | Path, device: str | torch.device = "cpu"
@@ -38,7 +38,7 @@ def model_info(checkpoint_dir: str | Path) -> ModelInfo:
     return ModelInfo(conditions=ConditionSpec.from_dict(meta["conditions"]),
                      schedule=ScheduleConfig.from_dict(meta["schedule"]), latent_shape=latent_shape,
                      latent_scale=float(meta["latent_scale"]), affine=grid.affine,
-                     voxel_volume_ml=grid.voxel_volume_ml)
+                     voxel_volume_ml=grid.voxel_volume_ml, default_steps=recorded_default_steps(meta))
 
 
 def template_maps(grid_name: str) -> TemplateMaps:

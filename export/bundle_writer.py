@@ -30,17 +30,21 @@ from diffdef_export.onnx_export import (
     EXTERNAL_DATA_BYTES, Component, LoadedCheckpoint, OutputGrid, cache_key, components, export_component,
     export_onnx, load_checkpoint, resolve_output_grid,
 )
-from diffdef_export.warp_gather import GatherWarpModule
+from diffdef_export.modules import DVFDecoderForExport
+from diffdef_export.warp_gather import GatherWarpModule, gather_warp
 from diffdef_runtime import atomic
 from diffdef_runtime.bundle import CHECKSUMS, TEMPLATE_FILES, Bundle, format_checksums, sha256_file
 from diffdef_runtime.interfaces import FORMAT_VERSION, ModelInterface
 from diffdef_runtime.nifti import save_nifti
+from diffdef_runtime.pipeline import recorded_default_steps
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILES = ("denoiser.safetensors", "denoiser.json", "dvf_decoder.safetensors", "dvf_decoder.json",
                     "model.json")
-FP16_COMPONENTS = ("unet", "dvf_decoder")  # the warp stays float32 always
+FP16_COMPONENTS = ("unet", "dvf_decoder", "dvf_decoder_gather")  # the warp stays float32 always
+#: The Gather-based twins (no GridSample, for TensorRT) and the component whose interface and reference they share.
+GATHER_TWINS = {"warp_gather": "warp", "dvf_decoder_gather": "dvf_decoder"}
 
 
 @dataclasses.dataclass
@@ -251,9 +255,23 @@ def _write_bundle(checkpoint: LoadedCheckpoint, out: OutputGrid, staging: Path, 
                               staging, cache_key=cache_key("warp_gather", "", out) if use_cache else None)
     seconds["warp_gather"] = gather.seconds
     interfaces["warp_gather"] = gather_if
+    exporters = {**{name: e.exporter for name, e in exported.items()}, "warp_gather": gather.exporter}
+
+    # A diffeomorphic decoder integrates with 5-D GridSample: its twin integrates with the Gather warp, so that
+    # TensorRT (any version, and whatever it makes of GridSample's "linear" spelling) never parses a GridSample.
+    diffeomorphic = bool(checkpoint.decoder.config.diffeomorphic)
+    if diffeomorphic:
+        twin_if = dataclasses.replace(interfaces["dvf_decoder"], name="dvf_decoder_gather",
+                                      file="dvf_decoder_gather.onnx")
+        twin = Component(twin_if, DVFDecoderForExport(checkpoint.decoder, out.factor, warp=gather_warp).eval(),
+                         comps["dvf_decoder"].reference)
+        key = cache_key("dvf_decoder_gather", checkpoint.weights_key, out) if use_cache else None
+        twin_file = export_component("dvf_decoder_gather", twin, staging, cache_key=key)
+        seconds["dvf_decoder_gather"], interfaces["dvf_decoder_gather"] = twin_file.seconds, twin_if
+        exporters["dvf_decoder_gather"] = twin_file.exporter
 
     if fp16:
-        for name in FP16_COMPONENTS:
+        for name in (n for n in FP16_COMPONENTS if n in interfaces):
             t0 = time.perf_counter()
             path = staging / interfaces[name].file
             model = onnx.load(str(path))
@@ -269,15 +287,16 @@ def _write_bundle(checkpoint: LoadedCheckpoint, out: OutputGrid, staging: Path, 
         path = staging / interface.file
         verify.check_model(path)
         tol = verify.TOLERANCES[precision if name in FP16_COMPONENTS else "fp32"]
-        reference = comps["warp"].reference if name == "warp_gather" else comps[name].reference
+        reference = comps[GATHER_TWINS.get(name, name)].reference
         result = verify.parity(name, path, reference, interface, tol)
         verification[name] = result.to_dict()
         inv = verify.inventory(path)
         operators[interface.file] = inv.counts
         unsupported[interface.file] = inv.tensorrt_unsupported
         if inv.gridsample_5d:
+            twin = next((t for t, base in GATHER_TWINS.items() if base == name and t in interfaces), None)
             requirements[interface.file] = {"tensorrt_min_version": "11.2", "reason": "5-D GridSample",
-                                            "alternative": "warp_gather.onnx" if name == "warp" else None}
+                                            "alternative": interfaces[twin].file if twin else None}
         size = path.stat().st_size + (Path(f"{path}.data").stat().st_size if Path(f"{path}.data").exists() else 0)
         reports.append(ComponentReport(name, interface.file, seconds[name], size, result.max_abs, result.max_rel,
                                        tol, inv.tensorrt_unsupported))
@@ -309,15 +328,16 @@ def _write_bundle(checkpoint: LoadedCheckpoint, out: OutputGrid, staging: Path, 
         "schedule": info.schedule.to_dict(),
         "conditions": info.conditions.to_dict(),
         "sample_steps": int(meta.get("sample_steps", 20)),
+        "default_steps": recorded_default_steps(meta),
         "preset": meta.get("preset"),
-        "diffeomorphic": bool(checkpoint.decoder.config.diffeomorphic),
+        "diffeomorphic": diffeomorphic,
         "interfaces": {name: i.to_dict() for name, i in interfaces.items()},
         "operators": operators,
         "tensorrt_unsupported": unsupported,
         "tensorrt_requirements": requirements,
         "fp16_fp32_ops": sorted(fp16_mod.FP32_OPS) if fp16 else [],
         "verification": verification,
-        "exporters": {**{name: e.exporter for name, e in exported.items()}, "warp_gather": gather.exporter},
+        "exporters": exporters,
         "versions": _versions(),
     }
     return manifest, reports

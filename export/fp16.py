@@ -16,7 +16,11 @@ converter has an op-type block list, but no notion of "this subgraph computes co
   (2) the sinusoidal timestep embedding (everything upstream of Sin/Cos): ``t * freq`` reaches 1000 rad, where
   fp16's spacing is 0.5 rad; (3) Div nodes that divide by a Sqrt/Pow (a decomposed norm's ``x / sqrt(var)``);
   (4) everything upstream of a ReduceMean/ReduceSum back to the last heavy op: the statistics of decomposed
-  norms (``HierarchicalGroupNorm``: centring and squaring; ``d * d`` overflows fp16 for ``|d| > 256``).
+  norms (``HierarchicalGroupNorm``: centring and squaring; ``d * d`` overflows fp16 for ``|d| > 256``);
+  (5) the Gather-based warp (``dvf_decoder_gather.onnx``, for TensorRT): every GatherElements and the nodes that
+  consume its output (the corner weight x value products), with everything upstream of both back to the last
+  heavy op: the same coordinates as rule (1), and the corner weights ``p - floor(p)``, which fp16 would round
+  to 1/8 voxel.
 
 Three repairs of the converter's output, written here because the converter does not do them (each is a
 function below with its reason): identical duplicate Cast nodes (not SSA) are dropped, nodes are sorted
@@ -41,7 +45,7 @@ log = logging.getLogger(__name__)
 
 #: Op types kept in float32 (added to the converter's ``DEFAULT_OP_BLOCK_LIST``).
 FP32_OPS = frozenset({
-    "GridSample",
+    "GridSample", "GatherElements",
     "InstanceNormalization", "GroupNormalization", "LayerNormalization", "BatchNormalization",
     "ReduceMean", "ReduceSumSquare", "Pow", "Sqrt", "Reciprocal",
     "Softmax", "LogSoftmax",
@@ -89,8 +93,12 @@ def fp32_nodes(model: onnx.ModelProto) -> set[str]:
             keep.add(node.name)
             stack.extend(node.input)
 
+    gathered = {out for node in graph.node if node.op_type == "GatherElements" for out in node.output}
     for node in graph.node:
-        if node.op_type == "GridSample" and len(node.input) > 1:
+        if node.op_type == "GatherElements" or gathered.intersection(node.input):
+            keep.add(node.name)
+            walk(node.input, stop_at_heavy=True)
+        elif node.op_type == "GridSample" and len(node.input) > 1:
             walk([node.input[1]], stop_at_heavy=True)
         elif node.op_type in ("ReduceMean", "ReduceSum", "ReduceSumSquare"):
             walk(node.input, stop_at_heavy=True)

@@ -13,6 +13,7 @@ against the original modules (``diffdef_export.verify``).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,12 +48,18 @@ def grid_sample_warp(image: torch.Tensor, dvf: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(image.to(dt), grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def integrate_svf_traceable(velocity: torch.Tensor, steps: int) -> torch.Tensor:
+#: ``warp(image (N, C, D, H, W), dvf (N, 3, D, H, W)) -> warped``: ``grid_sample_warp`` or the Gather-based
+#: ``diffdef_export.warp_gather.gather_warp`` (no GridSample, for TensorRT).
+WarpFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def integrate_svf_traceable(velocity: torch.Tensor, steps: int, warp: WarpFn = grid_sample_warp) -> torch.Tensor:
     """Scaling and squaring exactly as MONAI's ``DVF2DDF`` (Arsigny et al. 2006): ``u = v / 2**steps``, then
-    ``steps`` times ``u <- u + u o (x + u)``. (N, 3, D, H, W) velocity, voxels -> displacement, voxels."""
+    ``steps`` times ``u <- u + u o (x + u)``. (N, 3, D, H, W) velocity, voxels -> displacement, voxels.
+    ``warp`` computes ``u o (x + u)`` (trilinear, border); swappable so TensorRT gets a graph without GridSample."""
     ddf = velocity / (2**steps)
     for _ in range(steps):
-        ddf = ddf + grid_sample_warp(ddf, ddf)
+        ddf = ddf + warp(ddf, ddf)
     return ddf
 
 
@@ -117,22 +124,26 @@ class DVFDecoderForExport(nn.Module):
     The decoder runs at image resolution, so its GroupNorms are exported as ``HierarchicalGroupNorm`` (a copy
     of the decoder is made; the original is untouched).
 
+    ``warp``: the warp of the scaling-and-squaring integration (default ``grid_sample_warp``;
+    ``gather_warp`` writes ``dvf_decoder_gather.onnx``, which TensorRT parses without 5-D GridSample).
+
     ``forward(latents (N, C, d, h, w)) -> dvf (N, 3, factor*8d, factor*8h, factor*8w)``, voxels.
     """
 
-    def __init__(self, decoder: DVFDecoder, upsample_factor: int = 1) -> None:
+    def __init__(self, decoder: DVFDecoder, upsample_factor: int = 1, warp: WarpFn = grid_sample_warp) -> None:
         super().__init__()
         if upsample_factor < 1:
             raise ValueError(f"upsample_factor must be >= 1, got {upsample_factor}")
         self.decoder = with_hierarchical_group_norms(decoder)
         self.upsample_factor = int(upsample_factor)
+        self.warp = warp
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         field = self.decoder.raw_field(latents)
         cfg = self.decoder.config
         if cfg.diffeomorphic:
             field = integrate_on_coarse_grid(field, cfg.integration_steps, cfg.integration_down,
-                                             integrate_svf_traceable)
+                                             lambda v, n: integrate_svf_traceable(v, n, self.warp))
         return upsample_dvf(field, self.upsample_factor)
 
 

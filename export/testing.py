@@ -111,5 +111,5 @@ def make_untrained_checkpoint(out_dir: str | Path, grid: str = "4mm", seed: int 
     save_module(out_dir, "denoiser", denoiser, den_cfg.to_dict())
     save_module(out_dir, "dvf_decoder", decoder, dec_cfg.to_dict())
     write_model_json(out_dir, grid=g.name, conditions=TEST_CONDITIONS.to_dict(), schedule=ScheduleConfig().to_dict(),
-                     latent_scale=latent_scale, sample_steps=sample_steps, preset=preset)
+                     latent_scale=latent_scale, sample_steps=sample_steps, default_steps=None, preset=preset)
     return out_dir

@@ -5,7 +5,9 @@ to opset 24" (the operator support matrix, rows marked ``Y``). Restrictions that
 
 * ``GridSample``: "Input must be 4D input" up to TensorRT 10.x; native 5-D (trilinear) GridSample arrives with
   TensorRT 11.2 (DESIGN.md, "Export and runtime facts"), so up to 11.1 (and in ONNX Runtime's TensorRT EP,
-  which links TensorRT 10) a volume warp needs ``warp_gather.onnx`` (Gather arithmetic, no GridSample).
+  which links TensorRT 10) a volume warp needs ``warp_gather.onnx`` (Gather arithmetic, no GridSample). The
+  importer also reads opset 20's ``mode="linear"`` as nearest (NVIDIA/TensorRT#4646), so DiffDef's TensorRT
+  builds use the Gather twins (``warp_gather.onnx``, ``dvf_decoder_gather.onnx``) for every version.
 * ``Resize``: modes ``nearest``/``linear`` with ``half_pixel``/``pytorch_half_pixel``/``asymmetric``/
   ``align_corners`` coordinate transforms (the decoder's upsampling and the DVF upsampling use these).
 * ``InstanceNormalization``, ``GroupNormalization``, ``LayerNormalization`` (first output only), ``Einsum``,

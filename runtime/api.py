@@ -110,18 +110,20 @@ class AtlasGenerator:
 
     # ------------------------------------------------------------------------------------------ generation
     def generate(self, age: float | Sequence[float] | str | None = None, sex: Any = None, ventricles: Any = None,
-                 *, steps: int = 20, sampler: str = "ddim", seed: int = 0, samples: int = 1,
+                 *, steps: int | None = None, sampler: str = "ddim", seed: int = 0, samples: int = 1,
                  guidance: float = 1.0, progress: Callable[[int, int], None] | None = None) -> list[AtlasResult]:
         """One atlas per condition (lists broadcast against scalars), e.g. ``generate(age=[60, 70], sex="F")``.
 
-        See ``diffdef_runtime.pipeline.generate`` for steps, sampler, seed, samples, guidance and progress.
+        See ``diffdef_runtime.pipeline.generate`` for steps, sampler, seed, samples, guidance and progress;
+        ``steps=None`` takes the model's ``default_steps``.
         Values outside the trained range warn (``ExtrapolationWarning``) and still run.
         """
         from diffdef_runtime.pipeline import generate
 
         return generate(self.model.engines, self.model.info, self.model.template,
-                        condition_values(age, sex, ventricles), steps=steps, sampler=sampler, seed=seed,
-                        samples=samples, guidance=guidance, progress=progress)
+                        condition_values(age, sex, ventricles),
+                        steps=steps if steps is not None else self.model.info.default_steps, sampler=sampler,
+                        seed=seed, samples=samples, guidance=guidance, progress=progress)
 
     @property
     def template_ventricle_ml(self) -> float:

@@ -29,7 +29,7 @@ import numpy as np
 from diffdef_runtime.conditions import ConditionSpec
 from diffdef_runtime.hashing import DigestCache, sha256_file  # noqa: F401  (sha256_file: used by the exporter)
 from diffdef_runtime.interfaces import FORMAT_VERSION, ModelInterface
-from diffdef_runtime.pipeline import ModelInfo, TemplateMaps
+from diffdef_runtime.pipeline import ModelInfo, TemplateMaps, recorded_default_steps
 from diffdef_runtime.schedulers import ScheduleConfig
 
 CHECKSUMS = "checksums.sha256"
@@ -155,7 +155,8 @@ class Bundle:
         return ModelInfo(conditions=ConditionSpec.from_dict(m["conditions"]),
                          schedule=ScheduleConfig.from_dict(m["schedule"]),
                          latent_shape=tuple(m["latent_shape"]), latent_scale=float(m["latent_scale"]),
-                         affine=self.affine, voxel_volume_ml=float(m["grid"]["spacing_mm"]) ** 3 / 1000.0)
+                         affine=self.affine, voxel_volume_ml=float(m["grid"]["spacing_mm"]) ** 3 / 1000.0,
+                         default_steps=recorded_default_steps(m))
 
     def template_maps(self) -> TemplateMaps:
         def load(key):

@@ -69,7 +69,8 @@ def _check_distinct(values: dict) -> None:
               help="Training output folder, run with --backend torch (no export needed).")
 @click.option("--backend", type=click.Choice(["ort", "tensorrt", "torch"]), default="ort", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda (ort: CUDA/TensorRT providers).")
-@click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True, help="Sampler steps.")
+@click.option("--steps", type=click.IntRange(1, 1000), default=None,
+              help="Sampler steps [default: the model's default_steps, else 20].")
 @click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--samples", type=click.IntRange(1, 256), default=1, show_default=True,
@@ -155,6 +156,7 @@ def main(age, sex, ventricles, bundle, checkpoint, backend, device, steps, sampl
     for warning in caught:
         click.echo(f"warning: {warning.message}", err=True)
 
+    steps = steps or model.info.default_steps
     bar = tqdm(total=steps, desc=f"denoise ({model.engines.name})", dynamic_ncols=True)
 
     def progress(done, total):

@@ -21,6 +21,18 @@ from diffdef_runtime.jacobian import jacobian_determinant
 from diffdef_runtime.schedulers import ScheduleConfig, guided, make_sampler
 
 
+#: Sampler steps of a model whose ``model.json`` / manifest records no ``default_steps``.
+DEFAULT_STEPS = 20
+
+
+def recorded_default_steps(meta: dict) -> int:
+    """``meta["default_steps"]`` (model.json or a bundle manifest), else ``DEFAULT_STEPS``; >= 1."""
+    steps = int(meta.get("default_steps") or DEFAULT_STEPS)
+    if steps < 1:
+        raise ValueError(f"default_steps must be >= 1, got {steps}")
+    return steps
+
+
 class Engines(Protocol):
     """What a backend provides. All arrays are float32 numpy, batch first."""
 
@@ -47,6 +59,9 @@ class ModelInfo:
         latent_shape: (C, d, h, w) of the scaled latent.
         latent_scale: latents were multiplied by this for diffusion training.
         affine: 4x4 template affine; voxel_volume_ml: one voxel's volume.
+        default_steps: the sampler steps used when none are asked for (``default_steps`` of ``model.json`` /
+            the bundle manifest, chosen per model from ``benchmarks/sampling_steps.py``; ``DEFAULT_STEPS`` for
+            models that record none).
     """
 
     conditions: ConditionSpec
@@ -55,6 +70,7 @@ class ModelInfo:
     latent_scale: float
     affine: np.ndarray
     voxel_volume_ml: float
+    default_steps: int = 20  # = DEFAULT_STEPS
 
 
 @dataclass(frozen=True)

@@ -118,5 +118,56 @@ def test_tensorrt_matches_ort(tiny_bundle, tmp_path):
     b = generate(ort_model.engines, ort_model.info, ort_model.template, conditions, steps=5)
     for ra, rb in zip(a, b):
         assert np.abs(ra.dvf - rb.dvf).max() < 1e-2
+        # the warped template too: a warp engine that interpolated with nearest neighbours (GridSample's
+        # "linear" misread) would show here, not in the DVF
+        assert np.abs(ra.atlas - rb.atlas).max() < 1e-3
+        assert abs(ra.ventricle_volume_ml - rb.ventricle_volume_ml) < 1e-2 * max(rb.ventricle_volume_ml, 1.0)
     again = generate(trt_model.engines, trt_model.info, trt_model.template, conditions, steps=5)  # graph replay
     np.testing.assert_array_equal(again[0].dvf, a[0].dvf)
+
+
+def test_device_index_parsing():
+    from diffdef_runtime.backends.tensorrt import device_index
+
+    assert device_index("cuda:1") == 1 and device_index("cuda") == 0 and device_index("cpu") == 0
+    assert device_index(3) == 3
+    with pytest.raises(ValueError):
+        device_index("cuda:x")
+    with pytest.raises(ValueError):
+        device_index(-1)
+
+
+def test_open_model_passes_the_device_to_tensorrt(tiny_bundle, monkeypatch):
+    import diffdef_runtime.backends.tensorrt as trt_backend
+    from diffdef_runtime.backends import open_model
+
+    seen = {}
+
+    class Recorder:
+        name = "tensorrt"
+
+        def __init__(self, bundle, device=0):
+            seen["device"] = device
+
+    monkeypatch.setattr(trt_backend, "TensorRTEngines", Recorder)
+    open_model("tensorrt", bundle=tiny_bundle, device="cuda:1")
+    assert seen["device"] == "cuda:1"
+
+
+def test_tensorrt_engines_select_the_requested_gpu(tiny_bundle, monkeypatch):
+    """``--device cuda:1``: cudaSetDevice(1) before anything else, and device 1's name checked against the
+    engines (with fake tensorrt/cuda modules; no engines exist, so it stops at the engine lookup)."""
+    import types
+
+    import diffdef_runtime.backends.tensorrt as trt_backend
+    from diffdef_runtime.bundle import Bundle
+
+    calls = []
+    cudart = types.SimpleNamespace(
+        cudaSetDevice=lambda i: calls.append(("set", i)) or (0,),
+        cudaGetDeviceProperties=lambda i: calls.append(("props", i)) or (0, types.SimpleNamespace(name=b"GPU1\x00")),
+        cudaGetErrorName=lambda e: (0, b"err"))
+    monkeypatch.setattr(trt_backend, "_import", lambda: (types.SimpleNamespace(__version__="11.2.0"), cudart))
+    with pytest.raises(RuntimeError, match="no TensorRT engine"):
+        trt_backend.TensorRTEngines(Bundle.open(tiny_bundle), device="cuda:1")
+    assert calls == [("set", 1), ("props", 1)]

@@ -190,10 +190,11 @@ MODEL_FORMAT_VERSION = 1  # of model.json: what generation needs besides the wei
 
 
 def write_model_json(checkpoint_dir: str | Path, *, grid: str, conditions: dict, schedule: dict, latent_scale: float,
-                     sample_steps: int, preset: str | None) -> None:
+                     sample_steps: int, default_steps: int | None, preset: str | None) -> None:
     """Write ``model.json`` (atomically): the training grid's name, the condition spec
-    (``ConditionSpec.to_dict``), the noise schedule, the latent scale, the sampler step count the model was
-    trained and evaluated with (the runtime's default) and the preset."""
+    (``ConditionSpec.to_dict``), the noise schedule, the latent scale, ``sample_steps`` (the DDIM steps training
+    drew latents with), ``default_steps`` (generation's default sampler steps; None: not recorded) and the
+    preset."""
     atomic.write_json(Path(checkpoint_dir) / "model.json", {
         "format_version": MODEL_FORMAT_VERSION,
         "grid": grid,
@@ -201,6 +202,7 @@ def write_model_json(checkpoint_dir: str | Path, *, grid: str, conditions: dict,
         "schedule": schedule,
         "latent_scale": float(latent_scale),
         "sample_steps": int(sample_steps),
+        **({"default_steps": int(default_steps)} if default_steps is not None else {}),
         "preset": preset,
     })
 

@@ -66,11 +66,24 @@ def wrap(module: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     return DistributedDataParallel(module, device_ids=device_ids)
 
 
+def unwrap_compiled(module: torch.nn.Module) -> torch.nn.Module:
+    """The module ``torch.compile`` wrapped (its ``OptimizedModule`` keeps it as ``_orig_mod``), else ``module``."""
+    while isinstance(module, torch._dynamo.eval_frame.OptimizedModule):
+        module = module._orig_mod
+    return module
+
+
 def no_sync(modules: list[torch.nn.Module], skip: bool):
-    """Skip DDP's gradient all-reduce for a micro-batch that is not the last of an accumulation."""
+    """Skip DDP's gradient all-reduce for a micro-batch that is not the last of an accumulation.
+
+    A compiled DDP model (``torch.compile(DistributedDataParallel(m))``) is an ``OptimizedModule``, not a DDP
+    instance: it is unwrapped first, since the flag ``no_sync`` clears lives on the DDP module that the compiled
+    graph calls (otherwise every micro-batch would all-reduce).
+    """
     stack = contextlib.ExitStack()
     if skip:
         for module in modules:
+            module = unwrap_compiled(module)
             if isinstance(module, DistributedDataParallel):
                 stack.enter_context(module.no_sync())
     return stack

@@ -27,6 +27,10 @@ from diffdef.training.loop import run_stage, step_seed
 from diffdef.training.state import state_path
 from diffdef_runtime import atomic
 
+#: ``default_steps`` written into model.json: the generation's DDIM step count, chosen from
+#: ``benchmarks/sampling_steps.py`` on the default model (README, "Sampling steps").
+GENERATION_STEPS = 20
+
 log = logging.getLogger(__name__)
 
 STAGES = ("ae", "reg", "ldm")
@@ -93,7 +97,7 @@ def _run_one(stage: str, cfg: dict[str, Any], data: TrainingData, out_dir: Path,
             save_module(out_dir, "dvf_decoder", decoder, decoder.config.to_dict())
             write_model_json(out_dir, grid=data.grid.name, conditions=data.spec.to_dict(), schedule=cfg["schedule"],
                              latent_scale=latent_scale, sample_steps=int(cfg["ldm"]["sample_steps"]),
-                             preset=cfg.get("preset"))
+                             default_steps=GENERATION_STEPS, preset=cfg.get("preset"))
     else:
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES} or 'all'")
 

@@ -53,7 +53,7 @@ def open_model(backend: str, bundle: str | Path | None = None, checkpoint: str |
     elif backend == "tensorrt":
         from diffdef_runtime.backends.tensorrt import TensorRTEngines
 
-        engines = TensorRTEngines(opened)
+        engines = TensorRTEngines(opened, device=device)
     else:
         from diffdef_runtime.backends.torch_backend import torch_engines_for_bundle
 

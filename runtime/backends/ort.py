@@ -5,7 +5,9 @@ CPU (default): inputs are bound as numpy arrays (no copy) and outputs are writte
 pre-allocated numpy buffers. CUDA (``device="cuda"``/``"cuda:1"``; needs ``onnxruntime-gpu``): inputs and
 outputs live in pre-allocated device OrtValues; each call copies the (small) inputs in place and the output
 back, so the session never allocates per step. TensorRT's execution provider is put first when onnxruntime
-offers it (it links TensorRT 10, so 5-D GridSample in the warp falls back to the CUDA EP by itself).
+offers it; its sessions then load the Gather twins (``warp_gather.onnx``, ``dvf_decoder_gather.onnx`` where
+the bundle has them) so that TensorRT never parses a GridSample (``diffdef_export.tensorrt_build`` says why).
+The CUDA provider runs 5-D GridSample from onnxruntime-gpu 1.25 (the ``gpu`` extra's minimum).
 """
 
 from __future__ import annotations
@@ -142,6 +144,16 @@ class _BoundModel:
         return [host for host, _ in outputs]
 
 
+def session_file(bundle: Bundle, name: str, providers: Sequence) -> Path:
+    """The ONNX file of component ``name`` for a session on ``providers``: its Gather twin
+    (``<name>_gather``, same interface) when the TensorRT provider is among them and the bundle has one."""
+    names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
+    twin = f"{name}_gather"
+    if "TensorrtExecutionProvider" in names and twin in bundle.manifest.get("interfaces", {}):
+        return Path(bundle.root) / bundle.interface(twin).file
+    return Path(bundle.root) / bundle.interface(name).file
+
+
 class OrtEngines:
     """``Engines`` on ONNX Runtime. ``providers`` overrides the choice made from ``device``."""
 
@@ -158,7 +170,7 @@ class OrtEngines:
         self.models: dict[str, _BoundModel] = {}
         for name in _MODELS:
             interface = bundle.interface(name)
-            path = Path(bundle.root) / interface.file
+            path = session_file(bundle, name, self.providers)
             try:
                 session = ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
             except Exception as err:  # onnxruntime raises its own exception types

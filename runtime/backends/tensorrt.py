@@ -217,30 +217,45 @@ class _Engine:
         self.graph_exec, self.device = None, {}
 
 
-def current_gpu(cudart) -> str:
-    """Name of CUDA device 0, as ``torch.cuda.get_device_name(0)`` gives it (the exporter's sidecar)."""
-    props = _call(cudart, cudart.cudaGetDeviceProperties(0))
+def current_gpu(cudart, index: int = 0) -> str:
+    """Name of CUDA device ``index``, as ``torch.cuda.get_device_name(index)`` gives it (the exporter's sidecar)."""
+    props = _call(cudart, cudart.cudaGetDeviceProperties(index))
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
     return name.split("\x00", 1)[0]
 
 
+def device_index(device: str | int) -> int:
+    """The CUDA device index of ``device``: ``"cuda:N"`` -> N, ``"cuda"`` -> 0, an int as is. ``"cpu"`` (the CLI's
+    default device) also means GPU 0: TensorRT runs on a GPU only."""
+    if isinstance(device, int):
+        if device < 0:
+            raise ValueError(f"CUDA device index must be >= 0, got {device}")
+        return device
+    from diffdef_runtime.backends.ort import parse_device  # no onnxruntime import at module level there
+
+    return parse_device(device)[1]
+
+
 class TensorRTEngines:
-    """``Engines`` on TensorRT engines. ``cuda_graph``: replay the denoiser from a CUDA graph."""
+    """``Engines`` on TensorRT engines, on CUDA device ``device`` (``"cuda:N"`` or N; every buffer, stream and
+    engine lives there). ``cuda_graph``: replay the denoiser from a CUDA graph."""
 
     name = "tensorrt"
 
-    def __init__(self, bundle: Bundle, cuda_graph: bool = True):
+    def __init__(self, bundle: Bundle, cuda_graph: bool = True, device: str | int = 0):
         trt, cudart = _import()
         self.bundle, self.cudart, self.stream = bundle, cudart, None
-        _call(cudart, cudart.cudaSetDevice(0))
-        version, gpu = str(trt.__version__), current_gpu(cudart)
+        self.device = device_index(device)
+        _call(cudart, cudart.cudaSetDevice(self.device))  # before the stream, buffers and deserialisation
+        version, gpu = str(trt.__version__), current_gpu(cudart, self.device)
         found = {name: find_engine(bundle, name, version, gpu) for name in _MODELS}  # refuse before allocating
         self.stream = _call(cudart, cudart.cudaStreamCreate())
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines = {name: _Engine(trt, cudart, runtime, path, sidecar, bundle.interface(name), self.stream,
                                       use_graph=cuda_graph and name == "unet")
                         for name, (path, sidecar) in found.items()}
-        log.debug("tensorrt %s on %s: %s", version, gpu, {n: p.name for n, (p, _) in found.items()})
+        log.debug("tensorrt %s on GPU %d (%s): %s", version, self.device, gpu,
+                  {n: p.name for n, (p, _) in found.items()})
 
     def denoise(self, latents, timesteps, condition, condition_mask):
         return self.engines["unet"](latents, timesteps, condition, condition_mask)
