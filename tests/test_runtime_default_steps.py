@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from diffdef_runtime.bundle import Bundle
+from diffdef_runtime.bundle import CHECKSUMS, Bundle, format_checksums, parse_checksums, sha256_file
 from diffdef_runtime.pipeline import DEFAULT_STEPS, recorded_default_steps
 
 
@@ -28,7 +28,10 @@ def _bundle_with(tiny_bundle, tmp_path, steps) -> Path:
         manifest.pop("default_steps", None)
     else:
         manifest["default_steps"] = steps
-    (root / "manifest.json").write_text(json.dumps(manifest))  # not checksummed itself
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    table = parse_checksums(root / CHECKSUMS)  # re-sign the edited manifest, as an export would have
+    table["manifest.json"] = sha256_file(root / "manifest.json")
+    (root / CHECKSUMS).write_text(format_checksums(table))
     return root
 
 
