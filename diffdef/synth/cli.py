@@ -73,8 +73,8 @@ def main(n: int, grid: str, out: str, seed: int, atlas_ages: tuple[float, ...], 
         labels_rel = f"subjects/{stem}_labels.nii.gz"
         save_nifti(subject.image[0, 0].numpy().astype("float32"), affine, os.path.join(out, image_rel))
         save_nifti(subject.labels[0, 0].numpy().astype("uint8"), affine, os.path.join(out, labels_rel))
-        rows.append(dict(path=image_rel, labels_path=labels_rel, age=round(subject.age, 4), sex=subject.sex,
-                         ventricle_volume_ml=round(subject.ventricle_volume_ml, 4), subject=stem, seed=seed))
+        rows.append(dict(path=image_rel, labels_path=labels_rel, age=subject.age, sex=subject.sex,  # exact (repr)
+                         ventricle_volume_ml=subject.ventricle_volume_ml, subject=stem, seed=seed))
     write_manifest(os.path.join(out, "manifest.csv"), rows, columns=MANIFEST_COLUMNS)
     for age in tqdm(atlas_ages, desc="atlases", unit="atlas", disable=not atlas_ages):
         atlas = cohort.ground_truth_atlas(age)

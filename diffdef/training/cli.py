@@ -18,6 +18,9 @@ import click
 @click.option("--data", "data_manifest", type=click.Path(dir_okay=False), default=None, metavar="MANIFEST",
               help="Train on real scans: a manifest written by diffdef-prepare (its train split). Sets the manifest "
                    "route, the grid of its images and conditions age (+ sex when it has a sex column).")
+@click.option("--synthetic", "synthetic_dir", type=click.Path(file_okay=False, exists=True), default=None,
+              metavar="DIR", help="Read the synthetic cohort from a diffdef-synth folder instead of generating it "
+                                  "(the same data, bit for bit; sets data.synthetic_dir).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override one setting, e.g. --set ldm.joint_steps=100 --set data.source=manifest.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
@@ -25,7 +28,7 @@ import click
 @click.option("--restart", is_flag=True, help="Discard saved state of these stages and train them again.")
 @click.option("--print-config", is_flag=True, help="Print the resolved configuration and exit.")
 @click.option("-v", "--verbose", is_flag=True)
-def main(stage, preset, config_file, data_manifest, overrides, out_dir, restart, print_config, verbose):
+def main(stage, preset, config_file, data_manifest, synthetic_dir, overrides, out_dir, restart, print_config, verbose):
     """Train DiffDef: STAGE is ae (autoencoder), reg (registration net), ldm (diffusion + DVF decoder) or all.
 
     A run killed at any moment resumes from its last checkpoint when the same command is run again.
@@ -38,6 +41,8 @@ def main(stage, preset, config_file, data_manifest, overrides, out_dir, restart,
     from diffdef.training.config import load_config
 
     try:
+        if synthetic_dir is not None:
+            overrides = (f"data.synthetic_dir={json.dumps(str(synthetic_dir))}", *overrides)
         cfg = load_config(preset, config_file, list(overrides), data_manifest)
     except (ValueError, FileNotFoundError) as err:
         from diffdef.data.manifest import ManifestError

@@ -26,6 +26,7 @@ class DataSection:
     grid: str = "2mm"
     n_subjects: int = 120  # synthetic cohort size
     synthetic_seed: int = 0
+    synthetic_dir: str | None = None  # read the synthetic cohort from this diffdef-synth folder instead of generating it
     manifest: str | None = None  # CSV of template-aligned NIfTIs (source = "manifest"), e.g. diffdef-prepare's
     split: str | None = "train"  # manifest rows of this split train (all rows when the manifest has no split column)
     image_column: str = "path"
@@ -317,7 +318,9 @@ def config_hash(cfg: dict[str, Any], section: str | None = None) -> str:
 
 def stage_view(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
     """The part of the configuration that determines one stage's result (resume refuses a change in it)."""
-    view = {"seed": cfg["seed"], "data": cfg["data"], "stage": copy.deepcopy(cfg[stage])}
+    # where the synthetic cohort is read from does not change it (the same data, bit for bit)
+    data = {k: v for k, v in cfg["data"].items() if k != "synthetic_dir"}
+    view = {"seed": cfg["seed"], "data": data, "stage": copy.deepcopy(cfg[stage])}
     if stage in ("ae", "ldm"):
         view["autoencoder"] = cfg["models"]["autoencoder"]
     if stage in ("reg", "ldm"):
