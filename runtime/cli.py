@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-DEFAULT_BUNDLE = Path("runs/default/bundle")  # same as diffdef_runtime.api.DEFAULT_BUNDLE
+from diffdef_runtime.api import DEFAULT_BUNDLE  # one default bundle path (numpy-light import)
 
 
 def _conditions(age: str | None, sex: str | None, ventricles: str | None) -> dict:
