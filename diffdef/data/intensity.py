@@ -1,8 +1,8 @@
 """The one intensity convention of DiffDef: every image the models see is on the template's scale.
 
-The template's T1 (``diffdef.template``) is in [0, 1]; the synthetic cohort is made from it (gain 0.9-1.1),
-so it is on that scale by construction. A real T1 is in arbitrary scanner units: :func:`to_template_scale`
-multiplies it so that the 99.5th percentile of its positive (brain) voxels equals the template's own
+The template's T1 (``diffdef.template``) is in [0, 1]; the synthetic cohort is made from it with a gain of
+0.9-1.1, a real T1 is in arbitrary scanner units. Both training routes apply :func:`to_template_scale`, which
+multiplies an image so that the 99.5th percentile of its positive (brain) voxels equals the template's own
 99.5th percentile on the same grid, then clips to [0, 1.5]. The template is a fixed point of the function,
 and so is an image it already normalised (idempotent), so ``diffdef-prepare`` can write normalised images
 and the manifest loader can apply the same function again without changing them.
