@@ -60,8 +60,11 @@ def default_conditions(spec, ages: list[float]) -> dict:
     return values
 
 
-def run_once(model, conditions: dict, steps: int, samples: int, seed: int, out_dir: Path) -> dict[str, float]:
-    """One ``diffdef-run``-equivalent generation + write; returns stage -> seconds (whole batch)."""
+def run_once(model, conditions: dict, steps: int, samples: int, seed: int, out_dir: Path,
+             outputs: tuple[str, ...] | None = None, compress: bool = True) -> dict[str, float]:
+    """One ``diffdef-run``-equivalent generation + write (``outputs``, ``compress`` as ``diffdef-run --outputs``,
+    ``--no-compress``; None = every output); returns stage -> seconds (whole batch)."""
+    from diffdef_runtime.outputs import OUTPUTS
     from diffdef_runtime.outputs import write_result
     from diffdef_runtime.pipeline import generate
 
@@ -70,13 +73,15 @@ def run_once(model, conditions: dict, steps: int, samples: int, seed: int, out_d
     results = generate(engines, model.info, model.template, conditions, steps=steps, seed=seed, samples=samples)
     tic_write = time.perf_counter()
     for result in results:
-        write_result(result, model.affine, out_dir, extra={"source": model.source})
+        write_result(result, model.affine, out_dir, extra={"source": model.source}, outputs=outputs or OUTPUTS,
+                     compress=compress)
     done = time.perf_counter()
     m = len(results)
     batch = {k: v * m for k, v in results[0].timings_s.items()}  # timings_s are per condition
     return {"denoise_step": statistics.mean(engines.denoise_s), "denoise_total": batch["denoise"],
             "decode": batch["decode"], "warp": batch["warp"], "jacobian": batch["jacobian"],
-            "write": done - tic_write, "total": done - tic, "per_atlas": (done - tic) / m}
+            "write": done - tic_write, "total": done - tic, "per_atlas": (done - tic) / m,
+            "per_atlas_no_write": (tic_write - tic) / m}
 
 
 def make_untrained_bundle(preset: str, grid: str, work_dir: Path, fp16: bool = False) -> Path:
@@ -103,7 +108,7 @@ def format_table(rows: dict[str, dict[str, float]], steps: int, n_atlases: int) 
     """Stages down, backends across; then the paper and the speed-up."""
     labels = {"denoise_step": "denoise, per step", "denoise_total": f"denoise, {steps} steps", "decode": "decode",
               "warp": "warp", "jacobian": "jacobian", "write": "write files", "total": f"total ({n_atlases} atlases)",
-              "per_atlas": "per atlas"}
+              "per_atlas": "per atlas", "per_atlas_no_write": "per atlas, without writing"}
     names = list(rows)
     width = max(len(v) for v in labels.values()) + 2
     lines = [f"{'stage (s)':<{width}}" + "".join(f"{n:>14}" for n in names)]
@@ -135,8 +140,11 @@ def format_table(rows: dict[str, dict[str, float]], steps: int, n_atlases: int) 
 @click.option("--fp16", is_flag=True, help="Export the --untrained model in fp16.")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=None,
               help="Where --untrained bundles are cached [default: a temporary folder].")
+@click.option("--outputs", default=None, help="Files written per atlas, as diffdef-run --outputs [default: all].")
+@click.option("--compress/--no-compress", default=True, show_default=True, help="As diffdef-run.")
 @click.option("--json-out", type=click.Path(path_type=Path), default=None)
-def main(bundle, backends, device, steps, repeats, ages, samples, untrained, grid, fp16, work_dir, json_out):
+def main(bundle, backends, device, steps, repeats, ages, samples, untrained, grid, fp16, work_dir, outputs, compress,
+         json_out):
     """Print per-stage wall times of atlas generation for one bundle and one or more backends."""
     from diffdef_runtime.backends import open_model
     from diffdef_runtime.conditions import parse_age_list
@@ -166,7 +174,8 @@ def main(bundle, backends, device, steps, repeats, ages, samples, untrained, gri
             runs = []
             for i in range(repeats + 1):  # the first is the warm-up
                 out = Path(tmp) / f"{backend}-{i}"
-                timing = run_once(model, conditions, steps, samples, seed=i, out_dir=out)
+                timing = run_once(model, conditions, steps, samples, seed=i, out_dir=out,
+                                  outputs=tuple(outputs.split(",")) if outputs else None, compress=compress)
                 if i:
                     runs.append(timing)
                 click.echo(f"{backend} {'warm-up' if i == 0 else f'run {i}'}: {timing['total']:.3f} s", err=True)

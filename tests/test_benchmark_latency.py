@@ -29,11 +29,15 @@ def test_latency_table(latency, tiny_bundle, tmp_path):
     assert 0 < parts <= seconds["total"] * 1.01
     assert seconds["denoise_step"] * 3 <= seconds["denoise_total"] * 1.01
     assert seconds["per_atlas"] == pytest.approx(seconds["total"] / 2)
+    assert seconds["per_atlas_no_write"] == pytest.approx((seconds["total"] - seconds["write"]) / 2, rel=0.05)
+    result = CliRunner().invoke(latency.main, ["--bundle", str(tiny_bundle), "--steps", "2", "--repeats", "1",
+                                               "--outputs", "atlas", "--no-compress"])
+    assert result.exit_code == 0 and "per atlas, without writing" in result.output
 
 
 def test_format_table_speed_up(latency):
     row = {"denoise_step": 0.01, "denoise_total": 0.2, "decode": 0.3, "warp": 0.1, "jacobian": 0.05,
-           "write": 0.1, "total": 0.8, "per_atlas": 0.4}
+           "write": 0.1, "total": 0.8, "per_atlas": 0.4, "per_atlas_no_write": 0.35}
     text = latency.format_table({"ort": row}, steps=20, n_atlases=2)
     assert "61.5x" in text  # 24.6 s / 0.4 s
     assert "(20 vs 500 steps" in text
