@@ -41,7 +41,8 @@ def _run(bundle: Path, out: Path, *args: str) -> list[str]:
 
 
 def _folders(out: Path) -> list[Path]:
-    return sorted(p for p in out.iterdir() if not p.name.startswith("."))
+    """The condition folders (a series also writes summary.png, volumes.png and index.html beside them)."""
+    return sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _env() -> dict:
