@@ -49,17 +49,23 @@ def template_maps(grid_name: str) -> TemplateMaps:
 
 
 class TorchEngines:
-    """The runtime's ``Engines`` on the trained PyTorch modules (float32, no autocast)."""
+    """The runtime's ``Engines`` on the trained PyTorch modules (float32, no autocast). ``dvf_upsample_factor``
+    f > 1: the DVF is upsampled exactly to a grid f times finer (``upsample_dvf``), as a bundle exported with
+    ``--grid`` finer than the training grid does inside its ``dvf_decoder.onnx``."""
 
     name = "torch"
 
-    def __init__(self, denoiser: torch.nn.Module, decoder: torch.nn.Module, device: str | torch.device = "cpu"):
+    def __init__(self, denoiser: torch.nn.Module, decoder: torch.nn.Module, device: str | torch.device = "cpu",
+                 dvf_upsample_factor: int = 1):
         self.device = torch.device(device)
         self.denoiser, self.decoder = denoiser.to(self.device), decoder.to(self.device)
+        self.dvf_upsample_factor = int(dvf_upsample_factor)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> "TorchEngines":
-        return cls(*load_generation_modules(checkpoint_dir, device), device=device)
+    def from_checkpoint(cls, checkpoint_dir: str | Path, device: str | torch.device = "cpu",
+                        dvf_upsample_factor: int = 1) -> "TorchEngines":
+        return cls(*load_generation_modules(checkpoint_dir, device), device=device,
+                   dvf_upsample_factor=dvf_upsample_factor)
 
     def _t(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
@@ -71,7 +77,9 @@ class TorchEngines:
 
     @torch.no_grad()
     def decode_dvf(self, latents):
-        return self.decoder(self._t(latents)).float().cpu().numpy()
+        from diffdef.models.registration import upsample_dvf
+
+        return upsample_dvf(self.decoder(self._t(latents)), self.dvf_upsample_factor).float().cpu().numpy()
 
     @torch.no_grad()
     def warp(self, image, dvf):

@@ -121,10 +121,8 @@ def generate(engines: Engines, info: ModelInfo, template: TemplateMaps, conditio
         samples: K DVFs drawn per condition and averaged (an atlas is a population mean);
         guidance: classifier-free guidance scale (1 = conditional only).
         progress: called as ``progress(done, total)`` after each denoising step.
-        decode_batch: latents per DVF decoder call. The decoder is what needs memory (its activations at full
-            resolution): 12 ages x 16 samples decoded at once on the 2 mm grid were killed for memory on a 24 GiB
-            machine, 6 x 16 peaked at 18 GB; in chunks of 8, 12 x 16 peaked at 2.6 GB (``benchmarks/evaluate_atlases.py
-            --samples 16``, whole process). The per-condition mean is summed over the chunks in sample order.
+        decode_batch: latents per DVF decoder call and conditions per warp call: memory grows with the batch at
+            full resolution (the per-condition mean is summed over the decoder's chunks in sample order).
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
@@ -171,7 +169,9 @@ def generate(engines: Engines, info: ModelInfo, template: TemplateMaps, conditio
 
     tic = time.perf_counter()
     maps = np.stack([template.t1, template.ventricle_prob])[None].astype(np.float32)
-    warped = engines.warp(np.repeat(maps, m, axis=0), dvf_mean)
+    # in chunks like the decoder: 31 conditions warped at once on the 1 mm grid ran out of memory on 24 GB
+    warped = np.concatenate([engines.warp(np.repeat(maps, len(chunk), axis=0), chunk)
+                             for chunk in np.array_split(dvf_mean, range(decode_batch, m, decode_batch))])
     timings["warp"] = time.perf_counter() - tic
 
     tic = time.perf_counter()

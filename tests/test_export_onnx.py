@@ -232,3 +232,23 @@ def test_failed_verification_leaves_no_bundle(tiny_checkpoint, tmp_path, monkeyp
         export_bundle(tiny_checkpoint, target)
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []  # no staging folder left behind
+
+
+def test_torch_engines_upsample_like_a_finer_grid_bundle(tiny_checkpoint):
+    # A bundle exported on a grid finer than training upsamples the DVF inside dvf_decoder.onnx; the torch backend
+    # on that bundle must hand the warp a DVF on the same grid (it used to return the training grid's DVF).
+    from diffdef.generate import TorchEngines
+    from diffdef_runtime.backends.torch_backend import torch_engines_for_bundle
+
+    latents = np.random.default_rng(6).standard_normal((1, 3, 5, 7, 5)).astype(np.float32)
+    plain = TorchEngines.from_checkpoint(tiny_checkpoint).decode_dvf(latents)
+    finer = TorchEngines.from_checkpoint(tiny_checkpoint, dvf_upsample_factor=2).decode_dvf(latents)
+    assert plain.shape == (1, 3, 40, 56, 40) and finer.shape == (1, 3, 80, 112, 80)
+    want = torch.nn.functional.interpolate(torch.from_numpy(plain), scale_factor=2, mode="trilinear") * 2
+    np.testing.assert_allclose(finer, want.numpy(), rtol=0, atol=1e-5)
+
+    class FakeBundle:
+        checkpoint_dir = tiny_checkpoint
+        manifest = {"dvf_upsample_factor": 2}
+
+    assert torch_engines_for_bundle(FakeBundle()).decode_dvf(latents).shape == (1, 3, 80, 112, 80)

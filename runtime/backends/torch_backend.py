@@ -27,4 +27,5 @@ def open_checkpoint(checkpoint: str | Path, device: str = "cpu"):
 def torch_engines_for_bundle(bundle, device: str = "cpu"):
     """Torch engines from the checkpoint copy inside a bundle (same weights the ONNX files were made from)."""
     generate = _require_torch()
-    return generate.TorchEngines.from_checkpoint(bundle.checkpoint_dir, device)
+    return generate.TorchEngines.from_checkpoint(bundle.checkpoint_dir, device,
+                                                 dvf_upsample_factor=int(bundle.manifest.get("dvf_upsample_factor", 1)))
