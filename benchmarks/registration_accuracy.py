@@ -87,11 +87,12 @@ def mean_field_atlases(net, cfg: dict, ages: list[float]) -> None:
 
     from diffdef.synth.cohort import SyntheticCohort
     from diffdef.synth.scoring import score_atlas, wins_over_template
-    from diffdef.training.data import SYNTHETIC_RANGES, neighbour_weights
+    from diffdef.training.data import neighbour_weights
+    from diffdef_runtime.conditions import CONDITION_RANGES
 
     cohort = SyntheticCohort(cfg["data"]["grid"], seed=int(cfg["data"]["synthetic_seed"]))  # the training cohort
     n = int(cfg["data"]["n_subjects"])
-    lo, hi = SYNTHETIC_RANGES["age"]
+    lo, hi = CONDITION_RANGES["age"]
     norm = torch.tensor([[(cohort.parameters(i)["age"] - lo) / (hi - lo)] for i in range(n)])
     weights = torch.stack([neighbour_weights(norm, torch.tensor([(a - lo) / (hi - lo)]),
                                              float(cfg["ldm"]["neighbour_sigma"])) for a in ages])  # (ages, n)

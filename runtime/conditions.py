@@ -19,7 +19,10 @@ from typing import Any
 
 import numpy as np
 
-KNOWN_CONDITIONS = ("age", "sex", "ventricle_volume_ml")
+# The one list of conditions a model can take, each with its normalisation range on the synthetic route (years,
+# 0 = F / 1 = M, mL; a manifest-trained model normalises by the observed range instead).
+CONDITION_RANGES = {"age": (20.0, 90.0), "sex": (0.0, 1.0), "ventricle_volume_ml": (0.0, 120.0)}
+KNOWN_CONDITIONS = tuple(CONDITION_RANGES)
 # Sex is encoded 0 = female, 1 = male.
 _SEX_WORDS = {"f": 0.0, "female": 0.0, "0": 0.0, "m": 1.0, "male": 1.0, "1": 1.0}
 _MAX_AGE_LIST = 10_000

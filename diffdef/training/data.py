@@ -18,13 +18,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffdef_runtime.conditions import ConditionSpec
+from diffdef_runtime.conditions import CONDITION_RANGES, ConditionSpec
 from diffdef_runtime.grid import Grid, get_grid
 
 log = logging.getLogger(__name__)
-
-# Normalisation ranges of each condition (the model maps them to [0, 1]).
-SYNTHETIC_RANGES = {"age": (20.0, 90.0), "sex": (0.0, 1.0), "ventricle_volume_ml": (0.0, 120.0)}
 
 
 @dataclass
@@ -151,14 +148,14 @@ def load_training_data(data_cfg: dict[str, Any], show_progress: bool = True) -> 
     """Build the in-memory training set described by the ``data`` section of a training config."""
     grid = get_grid(data_cfg["grid"])
     names = list(data_cfg["conditions"])
-    unknown = set(names) - set(SYNTHETIC_RANGES)
+    unknown = set(names) - set(CONDITION_RANGES)
     if unknown or not names:
-        raise ValueError(f"data.conditions must be a non-empty subset of {sorted(SYNTHETIC_RANGES)}; got {names}")
+        raise ValueError(f"data.conditions must be a non-empty subset of {sorted(CONDITION_RANGES)}; got {names}")
     source = data_cfg["source"]
     if source == "synthetic":
         images, raw = _synthetic(data_cfg, grid, show_progress)
         labels = None
-        ranges = SYNTHETIC_RANGES
+        ranges = CONDITION_RANGES
     elif source == "manifest":
         images, raw, labels = _manifest(data_cfg, grid)
         # Real data: normalise by the observed range (sex is always 0..1).
