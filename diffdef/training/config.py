@@ -17,6 +17,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from diffdef_runtime.schedulers import ScheduleConfig  # the noise schedule section is the runtime's own config
+
 PRESETS = ("tiny", "default", "paper")
 
 
@@ -32,17 +34,6 @@ class DataSection:
     image_column: str = "path"
     label_scheme: str = "muse"  # ids of the manifest's label maps (its "labels" column): "muse" or "diffdef"
     conditions: list[str] = dataclasses.field(default_factory=lambda: ["age"])  # subset of age, sex, ventricle_volume_ml
-
-
-@dataclasses.dataclass
-class ScheduleSection:
-    """The paper's public code: scaled-linear betas 0.0015-0.0205, v-prediction."""
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "scaled_linear"
-    beta_start: float = 0.0015
-    beta_end: float = 0.0205
-    prediction_type: str = "v_prediction"
-    clip_sample: bool = False
 
 
 @dataclasses.dataclass
@@ -126,7 +117,7 @@ class RunSection:
     num_threads: int = 0  # 0: torch's default
 
 
-SECTIONS: dict[str, type] = {"data": DataSection, "schedule": ScheduleSection, "ae": AESection, "reg": RegSection,
+SECTIONS: dict[str, type] = {"data": DataSection, "schedule": ScheduleConfig, "ae": AESection, "reg": RegSection,
                              "ldm": LDMSection, "run": RunSection}
 DEFAULT_SEED = 1  # with seed 0 the registration stage ended with a network that barely registers (docs/RESULTS.md)
 
