@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -13,50 +12,7 @@ import click
 from diffdef_runtime.api import DEFAULT_BUNDLE  # one default bundle path (numpy-light import)
 
 
-def _conditions(age: str | None, sex: str | None, ventricles: str | None) -> dict:
-    """Parsed condition values; impossible ones (negative age, unknown sex, ...) are usage errors naming them."""
-    from diffdef_runtime.conditions import check_possible, parse_age_list
-
-    values: dict = {}
-    if age is not None:
-        try:
-            values["age"] = parse_age_list(age)
-            check_possible("age", values["age"])
-        except ValueError as err:
-            raise click.BadParameter(str(err), param_hint="--age") from err
-    if sex is not None:
-        try:
-            check_possible("sex", [sex])
-        except ValueError as err:
-            raise click.BadParameter(str(err), param_hint="--sex") from err
-        values["sex"] = sex
-    if ventricles is not None:
-        try:
-            values["ventricle_volume_ml"] = [float(v) for v in ventricles.split(",")]
-        except ValueError as err:
-            raise click.BadParameter(f"{ventricles!r} is not a number or comma-separated numbers (mL)",
-                                     param_hint="--ventricles") from err
-        try:
-            check_possible("ventricle_volume_ml", values["ventricle_volume_ml"])
-        except ValueError as err:
-            raise click.BadParameter(str(err), param_hint="--ventricles") from err
-    return values
-
-
-def _check_distinct(values: dict) -> None:
-    """Each condition writes one folder: the same condition asked twice (``--age 70,70``) is a usage error."""
-    from diffdef_runtime.conditions import parse_sex
-    from diffdef_runtime.outputs import duplicate_labels
-
-    lengths = {len(v) for v in values.values() if isinstance(v, list)}
-    if len(lengths) != 1:
-        return  # one condition each, or unequal lists (the model's check names those)
-    n = lengths.pop()
-    rows = [{name: (v[i] if isinstance(v, list) else parse_sex(v) if name == "sex" else v)
-             for name, v in values.items()} for i in range(n)]
-    twice = duplicate_labels(rows)
-    if twice:
-        raise click.UsageError(f"condition {twice[0]} is asked more than once; each condition writes one folder")
+_FLAG = {"age": "--age", "sex": "--sex", "ventricle_volume_ml": "--ventricles"}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -101,13 +57,10 @@ def main(age, sex, ventricles, bundle, checkpoint, backend, device, steps, sampl
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from tqdm.auto import tqdm
 
-    from diffdef_runtime import atomic
-    from diffdef_runtime.api import resolve_source
-    from diffdef_runtime.backends import open_model
+    from diffdef_runtime.api import AtlasGenerator, ConditionError, condition_values, output_run, resolve_source
     from diffdef_runtime.conditions import ExtrapolationWarning
-    from diffdef_runtime.outfolder import FolderBusyError, check_out_folder, locked_folder
-    from diffdef_runtime.outputs import new_run_id, output_names, write_result
-    from diffdef_runtime.pipeline import generate
+    from diffdef_runtime.outfolder import FolderBusyError
+    from diffdef_runtime.outputs import output_names
 
     # Everything that can be checked without the model is checked first (exit status 2, nothing computed).
     output_list = tuple(o.strip() for o in outputs.split(",") if o.strip())
@@ -115,49 +68,39 @@ def main(age, sex, ventricles, bundle, checkpoint, backend, device, steps, sampl
         output_names(output_list)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--outputs") from err
-    conditions = _conditions(age, sex, ventricles)
-    if not conditions:
+    if age is None and sex is None and ventricles is None:
         raise click.UsageError("give at least one condition, e.g. --age 70")
-    _check_distinct(conditions)
+    try:
+        conditions = condition_values(age, sex, ventricles)
+    except ConditionError as err:
+        raise click.BadParameter(str(err), param_hint=_FLAG[err.name]) from err
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
     try:
         bundle, checkpoint = resolve_source(bundle, checkpoint)
     except ValueError as err:
         raise click.UsageError(str(err)) from err
-    try:
-        check_out_folder(out_dir, overwrite)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--out") from err
-
-    run_id = new_run_id()
     try:  # held until the command ends; released by the kernel if the process is killed
-        click.get_current_context().with_resource(
-            locked_folder(out_dir, f"diffdef-run pid {os.getpid()}, run {run_id}", wait=wait))
-        check_out_folder(out_dir, overwrite)  # again: a run we waited for may have filled it
+        run_id = click.get_current_context().with_resource(
+            output_run(out_dir, overwrite=overwrite, wait=wait, owner="diffdef-run"))
     except FolderBusyError as err:
         raise click.ClickException(str(err)) from err
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--out") from err
-    for stale in atomic.remove_stale(out_dir):
-        logging.getLogger(__name__).info("removed %s, left by a killed run", stale)
+
     try:
-        model = open_model(backend, bundle=bundle, checkpoint=checkpoint, device=device,
-                           verify="full" if verify else True)
+        generator = AtlasGenerator(bundle, checkpoint, backend=backend, device=device,
+                                   verify="full" if verify else True)
     except (ValueError, RuntimeError, OSError) as err:
         raise click.ClickException(str(err)) from err
+    try:  # a missing or unknown condition is an error now; a value outside the trained range warns now
+        for message in generator.check(conditions):
+            click.echo(f"warning: {message}", err=True)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
 
-    # Check the conditions against the model before the long part: a missing or unknown condition is an
-    # error now, and a value outside the trained range warns now (then runs).
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ExtrapolationWarning)
-        try:
-            model.info.conditions.normalise(conditions)
-        except ValueError as err:
-            raise click.UsageError(str(err)) from err
-    for warning in caught:
-        click.echo(f"warning: {warning.message}", err=True)
-
-    steps = steps or model.info.default_steps
-    bar = tqdm(total=steps, desc=f"denoise ({model.engines.name})", dynamic_ncols=True)
+    steps = steps or generator.model.info.default_steps
+    bar = tqdm(total=steps, desc=f"denoise ({generator.model.engines.name})", dynamic_ncols=True)
 
     def progress(done, total):
         bar.total = total
@@ -167,28 +110,20 @@ def main(age, sex, ventricles, bundle, checkpoint, backend, device, steps, sampl
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExtrapolationWarning)  # already reported above
-            results = generate(model.engines, model.info, model.template, conditions, steps=steps,
-                               sampler=sampler, seed=seed, samples=samples, guidance=guidance, progress=progress)
+            results = generator.generate(conditions=conditions, steps=steps, sampler=sampler, seed=seed,
+                                         samples=samples, guidance=guidance, progress=progress)
     except (ValueError, RuntimeError) as err:
         raise click.ClickException(str(err)) from err
     finally:
         bar.close()
     click.echo(f"run {run_id}: writing {len(results)} folder(s) into {out_dir}", err=True)
-    folders = []
-    for result in results:
-        folder = write_result(result, model.affine, out_dir, extra={"source": model.source}, run_id=run_id,
-                              outputs=output_list, compress=compress)
-        folders.append(folder)
+    folders = generator.write(results, out_dir, run_id, outputs=output_list, compress=compress)
+    for folder, result in zip(folders, results):
         click.echo(f"{folder}: ventricles {result.ventricle_volume_ml:.1f} mL, "
                    f"denoise {result.timings_s['denoise']:.2f} s, decode {result.timings_s['decode']:.2f} s, "
                    f"warp {result.timings_s['warp']:.2f} s (per condition)")
-    if len(results) > 1 and "preview" in output_list:  # a series; one atlas has its own folder only
-        from diffdef_runtime.series import write_series
-
-        template_ml = float(model.template.ventricle_prob.sum() * model.info.voxel_volume_ml)
-        series = write_series(results, out_dir, folders, template_ventricle_ml=template_ml, affine=model.affine,
-                              meta={"model": model.source})
-        click.echo(f"{series.index}: the {len(results)} conditions ({series.summary.name}, {series.volumes.name})")
+    if len(results) > 1 and "preview" in output_list:
+        click.echo(f"{Path(out_dir) / 'index.html'}: the {len(results)} conditions (summary.png, volumes.png)")
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def test_io_binding_reuses_buffers_and_validates_inputs(ort_model):
         engines.decode_dvf(latents[:, :, :-1])
 
 
-def test_cuda_without_onnxruntime_gpu_is_a_clear_error(tiny_bundle):
+def test_cuda_without_onnxruntime_gpu_is_a_clear_error(tiny_bundle, tmp_path):
     from diffdef_runtime.backends.ort import select_providers
 
     bundle = Bundle.open(tiny_bundle)
@@ -138,7 +138,7 @@ def test_cuda_without_onnxruntime_gpu_is_a_clear_error(tiny_bundle):
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         result = CliRunner().invoke(cli, ["--bundle", str(tiny_bundle), "--age", "70", "--sex", "F",
-                                          "--device", "cuda"])
+                                          "--device", "cuda", "--out", str(tmp_path / "out")])
         assert result.exit_code != 0 and "onnxruntime-gpu" in result.output
 
 

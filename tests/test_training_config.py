@@ -15,7 +15,7 @@ def test_presets_differ_in_grid_and_budget():
     # the drawn-latent pre-fit: on in tiny and default (at default's last L_diff step, the final UNet drawing), off
     # in paper; default has no joint phase, paper the paper's
     assert tiny["ldm"]["basis_prefit_samples"] and tiny["ldm"]["joint_steps"]
-    assert default["ldm"]["basis_prefit_samples"] == 2 and default["ldm"]["decoder_warmup_steps"] == 1
+    assert default["ldm"]["basis_prefit_samples"] == 2 and default["ldm"]["decoder_warmup_steps"] == 0
     assert default["ldm"]["joint_steps"] == 0
     assert paper["ldm"]["joint_steps"] == 50_000
     assert default["seed"] == 1 and default["data"]["synthetic_seed"] == 0  # the cohort stays the same

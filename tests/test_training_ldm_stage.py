@@ -29,8 +29,8 @@ def _tiny_ldm_stage(overrides: dict, spy=None, reg=None):
     if spy is not None:
         original, stage_ldm.prefit_field_basis = stage_ldm.prefit_field_basis, spy
         try:
-            warmup_start = cfg["ldm"]["unet_steps"] - cfg["ldm"]["decoder_warmup_steps"]
-            run.step_fn(warmup_start, torch.Generator().manual_seed(0))  # the pre-fit runs at this step
+            last_unet_only = cfg["ldm"]["unet_steps"] - cfg["ldm"]["decoder_warmup_steps"] - 1
+            run.step_fn(last_unet_only, torch.Generator().manual_seed(0))  # the pre-fit runs at its end
         finally:
             stage_ldm.prefit_field_basis = original
     encoded, _, _ = normalise_latents(stage_ldm.encode_latents(ae, data.images, torch.device("cpu")), True, None)

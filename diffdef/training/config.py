@@ -78,9 +78,8 @@ class LDMSection:
     neighbours: int = 3  # N; the paper uses 15
     neighbour_sigma: float = 0.05  # Gaussian width on the normalised condition
     sample_steps: int = 10  # DDIM steps used to draw latents for L_morph and the pre-fit
-    # the last W L_diff steps also fit the decoder to the exact neighbourhood-mean fields (the basis pre-fit runs
-    # at the first of them)
-    decoder_warmup_steps: int = 1
+    # the last W L_diff steps also fit the decoder to the exact neighbourhood-mean fields
+    decoder_warmup_steps: int = 0
     reg_bias_correction: bool = True  # fields relative to the network's identical-pair field (ldm.field_targets.identity_bias)
     # where the exact targets' fields come from: "network" (the frozen registration network), "demons" or
     # "labels" (SimpleITK demons on the images / on the segmentations; training/classical_fields.py)
@@ -142,7 +141,7 @@ PRESET_CHANGES: dict[str, dict[str, Any]] = {
         "reg": {"steps": 50_000, "similarity": "lncc", "smooth_weight": 1.0, "synthetic_fields": 0,
                 "lr_schedule": "constant"},
         "ldm": {"unet_steps": 50_000, "joint_steps": 50_000, "batch_size": 8, "lr": 2.5e-5, "dvf_lr": 1e-5,
-                "neighbours": 15, "sample_steps": 20, "decoder_warmup_steps": 0, "reg_bias_correction": False,
+                "neighbours": 15, "sample_steps": 20, "reg_bias_correction": False,
                 "diffeomorphic": False, "dvf_decoder": "decoder", "basis_rank": 0, "basis_lr": 3e-2,
                 "basis_coef_lr": 3e-3, "basis_prefit_steps": 0, "basis_prefit_samples": 0, "integration_down": 1,
                 "latent_scale": 0.3, "latent_centre": False, "lr_schedule": "constant"},

@@ -16,9 +16,9 @@ def check_bank_size(images: torch.Tensor) -> None:
     ``EXACT_TARGETS_MAX_GB``: every DDP process holds it."""
     gb = images.shape[0] * 3 * images[0].numel() * 4 / 2**30
     if gb > EXACT_TARGETS_MAX_GB:
-        raise ValueError(f"the decoder warm-up's field bank would hold {gb:.1f} GB for {images.shape[0]} images "
-                         f"(limit {EXACT_TARGETS_MAX_GB:g} GB): train on fewer subjects or a coarser grid, or set "
-                         "ldm.decoder_warmup_steps=0")
+        raise ValueError(f"the field bank of the basis pre-fit and the decoder warm-up would hold {gb:.1f} GB for "
+                         f"{images.shape[0]} images (limit {EXACT_TARGETS_MAX_GB:g} GB): train on fewer subjects or a "
+                         "coarser grid, or set ldm.basis_prefit_steps=0 and ldm.decoder_warmup_steps=0")
 
 
 def identity_bias(reg: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:

@@ -9,13 +9,14 @@ from typing import Any
 @dataclasses.dataclass(frozen=True)
 class PhasePlan:
     """Steps ``0 .. unet_steps - 1`` train L_diff; the last ``warmup_steps`` of them also fit the DVF decoder to the
-    exact targets (the basis pre-fit, when on, runs once at the first of them); steps ``unet_steps .. total - 1``
-    are the joint phase (L_diff + L_morph)."""
+    exact targets; steps ``unet_steps .. total - 1`` are the joint phase (L_diff + L_morph). With ``prefit`` the
+    field basis is fitted once, alone, at the end of the last step that trains L_diff only (:attr:`prefit_step`),
+    before anything else trains the decoder."""
 
     unet_steps: int
     joint_steps: int
     warmup_steps: int
-    prefit: bool  # run the basis pre-fit at the first warm-up step
+    prefit: bool  # ldm.basis_prefit_steps > 0
 
     def __post_init__(self) -> None:
         if min(self.unet_steps, self.joint_steps, self.warmup_steps) < 0:
@@ -23,9 +24,9 @@ class PhasePlan:
         if self.warmup_steps > self.unet_steps:
             raise ValueError(f"ldm.decoder_warmup_steps ({self.warmup_steps}) must be in 0..ldm.unet_steps "
                              f"({self.unet_steps})")
-        if self.prefit and not self.warmup_steps:
-            raise ValueError("ldm.basis_prefit_steps > 0 needs ldm.decoder_warmup_steps > 0 (the pre-fit runs at the "
-                             "first warm-up step)")
+        if self.prefit and self.warmup_steps >= self.unet_steps:
+            raise ValueError(f"ldm.basis_prefit_steps > 0 runs after the steps that train L_diff only: it needs "
+                             f"ldm.unet_steps ({self.unet_steps}) > ldm.decoder_warmup_steps ({self.warmup_steps})")
 
     @classmethod
     def from_config(cls, stage: dict[str, Any]) -> PhasePlan:
@@ -40,11 +41,16 @@ class PhasePlan:
     def warmup_start(self) -> int:
         return self.unet_steps - self.warmup_steps
 
+    @property
+    def prefit_step(self) -> int | None:
+        """The step at whose end the pre-fit runs (its result is in that step's checkpoint), or None."""
+        return self.warmup_start - 1 if self.prefit else None
+
     def is_warmup(self, step: int) -> bool:
         return self.warmup_start <= step < self.unet_steps
 
     def is_joint(self, step: int) -> bool:
         return step >= self.unet_steps
 
-    def prefit_at(self, step: int) -> bool:
-        return self.prefit and step == self.warmup_start
+    def prefit_after(self, step: int) -> bool:
+        return step == self.prefit_step

@@ -116,8 +116,9 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
                           for j in range(0, len(cond), batch)] or [latents[:0]])
 
     def prefit_basis() -> None:
-        # Once, at the first warm-up step (a run resumed before it redoes it with the same seed; one resumed after
-        # it has it in the decoder's weights). The seed is the same on every rank; rank 0's result is broadcast.
+        # Once, at the end of the last step that trains L_diff only (a run resumed before it redoes it with the same
+        # seed; one resumed after it has it in the decoder's weights). The seed is the same on every rank; rank 0's
+        # result is broadcast.
         weights = torch.stack([bank.weights(c) for c in conditions])
         velocity_steps = decoder.config.integration_steps if decoder.config.diffeomorphic else 0
         targets = basis_grid_targets(bank.fields, weights, decoder.basis.config.basis_shape, velocity_steps)
@@ -145,8 +146,6 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         for micro in range(accumulation):
             last = micro == accumulation - 1
             if warmup:
-                if micro == 0 and plan.prefit_at(step):
-                    prefit_basis()
                 with no_sync([decoder_ddp], skip=not last):
                     fit = warmup_loss(generator)
                     (fit / accumulation).backward()
@@ -167,6 +166,8 @@ def build_ldm_stage(cfg: dict[str, Any], data: TrainingData, ae: torch.nn.Module
         opt_unet.step()
         if joint or warmup:
             opt_dvf.step()
+        if plan.prefit_after(step):
+            prefit_basis()
         return totals
 
     run = StageRun("ldm", plan.total, {"denoiser": denoiser, "dvf_decoder": decoder},
