@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffdef.models.dvf_decoder import DVFDecoder, integrate_on_coarse_grid
-from diffdef.models.registration import upsample_dvf
+from diffdef.models.registration import downsample_dvf, upsample_dvf
 
 
 def _axis(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -116,13 +116,37 @@ class WarpModule(nn.Module):
         return grid_sample_warp(image.float(), dvf.float())
 
 
+def folded_basis_velocities(decoder: DVFDecoder) -> torch.Tensor | None:
+    """For a basis-only diffeomorphic decoder whose basis grid is its integration grid: the basis fields taken
+    up to the output grid and back down to the integration grid, (K + 1, 3, d', h', w') in integration-grid
+    voxels; else None.
+
+    Why: ``raw_field`` upsamples ``sum_k a_k B_k`` to the output grid and the integration averages it back down.
+    Both maps are linear and act on each field alone, so applying them to the K + 1 fields once, here, gives the
+    same coarse velocity ``sum_k a_k F_k`` (to float rounding) without the full-grid resize and pooling in
+    ``dvf_decoder.onnx``.
+    """
+    cfg = decoder.config
+    if decoder.decoder is not None or decoder.basis is None or not cfg.diffeomorphic:
+        return None
+    factor = cfg.integration_down
+    size = tuple(n * cfg.autoencoder.downsample_factor for n in cfg.basis.latent_shape)
+    if tuple(n * factor for n in cfg.basis.basis_shape) != size:
+        return None
+    with torch.no_grad():
+        fields = decoder.basis.fields.detach()
+        up = F.interpolate(fields, size=size, mode="trilinear", align_corners=False)
+        return downsample_dvf(up, factor).contiguous()
+
+
 class DVFDecoderForExport(nn.Module):
     """A trained ``DVFDecoder`` (integration included when diffeomorphic), then an optional exact upsampling of
     the DVF to a finer output grid: trilinear resize by ``factor`` and displacement values x ``factor``
     (``diffdef.models.registration.upsample_dvf``), so the DVF is in voxels of the output grid.
 
     The decoder runs at image resolution, so its GroupNorms are exported as ``HierarchicalGroupNorm`` (a copy
-    of the decoder is made; the original is untouched).
+    of the decoder is made; the original is untouched). A basis-only decoder integrated on its basis grid reads
+    its coarse velocity from folded fields (:func:`folded_basis_velocities`).
 
     ``warp``: the warp of the scaling-and-squaring integration (default ``grid_sample_warp``;
     ``gather_warp`` writes ``dvf_decoder_gather.onnx``, which TensorRT parses without 5-D GridSample).
@@ -137,13 +161,24 @@ class DVFDecoderForExport(nn.Module):
         self.decoder = with_hierarchical_group_norms(decoder)
         self.upsample_factor = int(upsample_factor)
         self.warp = warp
+        folded = folded_basis_velocities(self.decoder)
+        self.register_buffer("folded", folded if folded is not None else torch.zeros(0), persistent=False)
+
+    def _integrate(self, velocity: torch.Tensor, factor: int) -> torch.Tensor:
+        steps = self.decoder.config.integration_steps
+        return integrate_on_coarse_grid(velocity, steps, factor, lambda v, n: integrate_svf_traceable(v, n, self.warp))
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        field = self.decoder.raw_field(latents)
         cfg = self.decoder.config
-        if cfg.diffeomorphic:
-            field = integrate_on_coarse_grid(field, cfg.integration_steps, cfg.integration_down,
-                                             lambda v, n: integrate_svf_traceable(v, n, self.warp))
+        if self.folded.numel():
+            a = self.decoder.basis.coefficients(latents.flatten(1))
+            a = torch.cat([torch.ones_like(a[:, :1]), a], dim=1)  # (N, K + 1): F_0 always on
+            velocity = (a @ self.folded.flatten(1)).view(latents.shape[0], *self.folded.shape[1:])
+            field = upsample_dvf(self._integrate(velocity, 1), cfg.integration_down)
+        else:
+            field = self.decoder.raw_field(latents)
+            if cfg.diffeomorphic:
+                field = self._integrate(field, cfg.integration_down)
         return upsample_dvf(field, self.upsample_factor)
 
 

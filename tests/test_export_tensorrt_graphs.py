@@ -46,10 +46,15 @@ def test_tensorrt_parses_no_gridsample_of_a_diffeomorphic_bundle(diffeomorphic_b
         assert ops <= SUPPORTED_OPS, (name, sorted(ops - SUPPORTED_OPS))
         assert bundle.manifest["tensorrt_unsupported"][path.name] == []
     assert bundle.manifest["tensorrt_requirements"]["dvf_decoder.onnx"]["alternative"] == "dvf_decoder_gather.onnx"
-    # ONNX Runtime's TensorRT provider loads the same twins; its CPU/CUDA providers the GridSample files
+    # ONNX Runtime's TensorRT provider loads the same twins; its CUDA provider the GridSample files; the CPU
+    # alone the decoder's twin (faster there) and the GridSample warp
     assert session_file(bundle, "dvf_decoder", TRT_EP).name == "dvf_decoder_gather.onnx"
     assert session_file(bundle, "warp", TRT_EP).name == "warp_gather.onnx"
-    assert session_file(bundle, "dvf_decoder", ["CPUExecutionProvider"]).name == "dvf_decoder.onnx"
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert session_file(bundle, "dvf_decoder", cuda).name == "dvf_decoder.onnx"
+    assert session_file(bundle, "warp", cuda).name == "warp.onnx"
+    assert session_file(bundle, "dvf_decoder", ["CPUExecutionProvider"]).name == "dvf_decoder_gather.onnx"
+    assert session_file(bundle, "warp", ["CPUExecutionProvider"]).name == "warp.onnx"
 
 
 def test_gather_decoder_matches_the_reference(diffeomorphic_bundle):

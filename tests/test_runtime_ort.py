@@ -230,3 +230,16 @@ def test_cli_without_bundle_explains_how_to_make_one(tmp_path, monkeypatch):
     assert result.exit_code != 0 and "runs/default/bundle" in result.output
     result = CliRunner().invoke(cli, [])
     assert result.exit_code != 0 and "--age 70" in result.output
+
+
+def test_only_the_unet_session_spins_between_runs():
+    # the decoder's and the warp's threads, run once per atlas, must not spin while the next component runs
+    import onnxruntime
+
+    from diffdef_runtime.backends.ort import session_options
+
+    key = "session.intra_op.allow_spinning"
+    assert session_options(onnxruntime, "dvf_decoder").get_session_config_entry(key) == "0"
+    assert session_options(onnxruntime, "warp").get_session_config_entry(key) == "0"
+    with pytest.raises(Exception):  # not set for the UNet: ONNX Runtime's default, spinning
+        session_options(onnxruntime, "unet").get_session_config_entry(key)

@@ -145,13 +145,32 @@ class _BoundModel:
 
 
 def session_file(bundle: Bundle, name: str, providers: Sequence) -> Path:
-    """The ONNX file of component ``name`` for a session on ``providers``: its Gather twin
-    (``<name>_gather``, same interface) when the TensorRT provider is among them and the bundle has one."""
+    """The ONNX file of component ``name`` for a session on ``providers``: its Gather twin (``<name>_gather``,
+    same interface and verified against the same PyTorch reference) when the bundle has one and either the
+    TensorRT provider is among the providers (no 5-D GridSample there) or the session runs on the CPU alone
+    and ``name`` is the DVF decoder. Why the CPU case: ONNX Runtime's CPU GridSample took 60 ms for the 2 mm
+    default decoder's seven scaling-and-squaring warps on a 2-core CPU, the Gather twin 27-37 ms; for the
+    single full-grid warp GridSample was as fast (30 vs 34 ms), so ``warp`` keeps it (benchmarks/latency.py)."""
     names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
     twin = f"{name}_gather"
-    if "TensorrtExecutionProvider" in names and twin in bundle.manifest.get("interfaces", {}):
+    cpu_only = set(names) == {"CPUExecutionProvider"}
+    if twin in bundle.manifest.get("interfaces", {}) and (
+            "TensorrtExecutionProvider" in names or (cpu_only and name == "dvf_decoder")):
         return Path(bundle.root) / bundle.interface(twin).file
     return Path(bundle.root) / bundle.interface(name).file
+
+
+def session_options(ort, name: str):
+    """Options of the session of component ``name``. Each session has its own intra-op threads, which spin after
+    a run waiting for the next one: that suits the UNet, run once per step, but the decoder's and the warp's
+    threads, run once per atlas, would spin while the next component runs and take its cores (on 2 cores the
+    2 mm warp took 60 ms after the decoder instead of 34 ms alone; benchmarks/latency.py)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if name != "unet":
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 class OrtEngines:
@@ -164,15 +183,13 @@ class OrtEngines:
         self.bundle, self.device = bundle, device
         kind, index = parse_device(device)
         self.providers = list(providers) if providers is not None else select_providers(bundle, device)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
         self.models: dict[str, _BoundModel] = {}
         for name in _MODELS:
             interface = bundle.interface(name)
             path = session_file(bundle, name, self.providers)
             try:
-                session = ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
+                session = ort.InferenceSession(str(path), sess_options=session_options(ort, name),
+                                               providers=self.providers)
             except Exception as err:  # onnxruntime raises its own exception types
                 raise RuntimeError(f"onnxruntime could not load {path}: {err}") from err
             self.models[name] = _BoundModel(ort, session, interface, (kind, index))
