@@ -95,8 +95,8 @@ def condition_values(age: Any = None, sex: Any = None, ventricles: Any = None) -
     lengths = {len(v) for v in values.values() if isinstance(v, (list, tuple))}
     if len(lengths) == 1:  # otherwise one condition each, or unequal lists (the model's check names those)
         n = lengths.pop()
-        rows = [{name: (v[i] if isinstance(v, (list, tuple)) else parse_sex(v) if name == "sex" else v)
-                 for name, v in values.items()} for i in range(n)]
+        rows = [{name: v[i] if isinstance(v, (list, tuple)) else v for name, v in values.items()} for i in range(n)]
+        rows = [{name: parse_sex(v) if name == "sex" else v for name, v in row.items()} for row in rows]
         twice = duplicate_labels(rows)
         if twice:
             raise ValueError(f"condition {twice[0]} is asked more than once; each condition writes one folder")
@@ -183,6 +183,9 @@ class AtlasGenerator:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ExtrapolationWarning)
             self.conditions.normalise(conditions)
+        for w in caught:  # other warnings go on as they came
+            if not issubclass(w.category, ExtrapolationWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return [str(w.message) for w in caught if issubclass(w.category, ExtrapolationWarning)]
 
     def generate(self, age: float | Sequence[float] | str | None = None, sex: Any = None, ventricles: Any = None,
@@ -194,7 +197,8 @@ class AtlasGenerator:
 
         See ``diffdef_runtime.pipeline.generate`` for steps, sampler, seed, samples, guidance and progress;
         ``steps=None`` takes the model's ``default_steps``.
-        Values outside the trained range warn (``ExtrapolationWarning``) and still run.
+        Values outside the trained range warn (``ExtrapolationWarning``) and still run; the same condition asked
+        twice is a ValueError (each condition writes one folder).
         """
         from diffdef_runtime import pipeline
 
@@ -211,9 +215,8 @@ class AtlasGenerator:
         """The template's ventricle volume (mL): what an atlas with a zero DVF has."""
         return float(self.model.template.ventricle_prob.sum() * self.model.info.voxel_volume_ml)
 
-    def save(self, results: AtlasResult | Sequence[AtlasResult], out_dir: str | Path, *,
-             outputs: Sequence[str] | None = None, compress: bool = True, overwrite: bool = True, wait: bool = False
-             ) -> list[Path]:
+    def save(self, results: AtlasResult | Sequence[AtlasResult], out_dir: str | Path, wait: bool = False, *,
+             outputs: Sequence[str] | None = None, compress: bool = True, overwrite: bool = True) -> list[Path]:
         """Write ``results`` into ``out_dir`` as one run owning it (:func:`output_run`; ``wait``: wait for another
         writer instead of raising ``FolderBusyError``). Existing folders of these conditions are replaced whole;
         with ``overwrite=False`` a non-empty ``out_dir`` is refused. Returns the condition folders."""

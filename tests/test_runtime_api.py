@@ -16,6 +16,9 @@ from diffdef_runtime.outfolder import FolderBusyError
 def test_condition_values_reads_cli_strings_and_names_the_bad_condition():
     assert condition_values(age="50:60:5", sex="F") == {"age": [50.0, 55.0, 60.0], "sex": "F"}
     assert condition_values(age=70, ventricles="20, 30.5") == {"age": 70, "ventricle_volume_ml": [20.0, 30.5]}
+    assert condition_values(age=[60, 70], sex=["F", "male"]) == {"age": [60, 70], "sex": ["F", "male"]}
+    with pytest.raises(ValueError, match="age-70_sex-M is asked more than once"):
+        condition_values(age=[70, 70], sex=["M", 1])
     for kwargs, name, message in [({"age": -5}, "age", "age -5 years is impossible"),
                                   ({"age": "50:x"}, "age", "cannot parse age list"),
                                   ({"age": 70, "sex": "X"}, "sex", "'X' is not a sex"),
@@ -74,4 +77,5 @@ def test_cli_writes_what_the_api_writes(tiny_bundle, tmp_path):
         for name, (data, affine) in api.items():
             np.testing.assert_array_equal(data, cli_files[name][0])
             np.testing.assert_array_equal(affine, cli_files[name][1])
-    assert not (tmp_path / "api" / "index.html").exists()  # no preview asked: no series pages
+    for out in ("api", "cli"):  # no preview asked: no series pages
+        assert not (tmp_path / out / "index.html").exists() and not (tmp_path / out / "summary.png").exists()

@@ -7,6 +7,7 @@ outputs live in pre-allocated device OrtValues; each call copies the (small) inp
 back, so the session never allocates per step. TensorRT's execution provider is put first when onnxruntime
 offers it; its sessions then load the Gather twins (``warp_gather.onnx``, ``dvf_decoder_gather.onnx`` where
 the bundle has them) so that TensorRT never parses a GridSample (``diffdef_export.tensorrt_build`` says why).
+On the CPU alone the decoder runs from ``dvf_decoder_gather.onnx`` too, faster there (:func:`session_file`).
 The CUDA provider runs 5-D GridSample from onnxruntime-gpu 1.25 (the ``gpu`` extra's minimum).
 """
 
