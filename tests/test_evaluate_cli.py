@@ -120,3 +120,20 @@ def test_a_bundle_on_onnx_runtime_scores_like_its_checkpoint(tiny_checkpoint, ti
     assert dice["ort"].keys() == dice["torch"].keys()
     for subject, value in dice["torch"].items():
         assert dice["ort"][subject] == pytest.approx(value, abs=0.02)
+
+
+def test_fused_template_labels_are_recorded_and_score_the_template(tiny_checkpoint, cohort, tmp_path,
+                                                                     one_torch_thread):
+    # The training subjects are the template's labels shifted by at most one voxel: registered back onto the
+    # template and fused, they give the template's labels at most voxels, so the template still scores 1 on the
+    # unshifted held-out subject t1 for the large classes, and the record says which labels were used.
+    out = tmp_path / "fused"
+    result = CliRunner().invoke(main, ["--manifest", str(cohort), "--checkpoint", str(tiny_checkpoint), "--out",
+                                       str(out), "--no-deformable", "--template-labels", "fused", *FAST])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["options"]["template_labels"] == "fused"
+    assert summary["template_labels"].startswith("the training subjects' labels fused")
+    assert summary["timings_s"]["fuse_template_labels"] > 0
+    row = next(r for r in _rows(out / "per_subject.csv") if r["subject"] == "t1" and r["method"] == "template")
+    assert float(row["dice_affine_wm"]) > 0.95 and float(row["dice_affine_gm"]) > 0.9

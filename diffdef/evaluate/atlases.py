@@ -94,11 +94,12 @@ def generate_atlases(source: ModelSource, keys: Sequence[tuple[float, ...]], cla
     return atlases
 
 
-def template_atlas(template, class_maps: np.ndarray, voxel_volume_ml: float) -> Atlas:
-    """The template as an atlas: zero DVF through the same soft warp + threshold as every DVF method."""
+def template_atlas(template, class_maps: np.ndarray, ventricle_map: np.ndarray, voxel_volume_ml: float) -> Atlas:
+    """The template as an atlas: zero DVF through the same soft warp + threshold as every DVF method;
+    ``ventricle_map`` (D, H, W) is the soft lateral-ventricle map whose volume it reports."""
     zero = np.zeros((3, *template.t1.shape), np.float32)
     return Atlas(image=np.asarray(template.t1, np.float32), masks=atlas_class_masks(class_maps, zero),
-                 ventricle_ml=soft_volume_ml(template.ventricle_prob, zero, voxel_volume_ml), dvf=zero)
+                 ventricle_ml=soft_volume_ml(ventricle_map, zero, voxel_volume_ml), dvf=zero)
 
 
 def curve_conditions(names: Sequence[str], ages: Sequence[float], subjects: Sequence[Subject]) -> list[tuple]:

@@ -62,6 +62,9 @@ def _parse_ints(text: str) -> tuple[int, ...]:
               help="Conditions generated per call (memory).")
 @click.option("--curve-ages", default="20:85:5", show_default=True, help="Ages of the model's volume curve.")
 @click.option("--no-deformable", is_flag=True, help="Skip the deformable-registration protocol.")
+@click.option("--template-labels", type=click.Choice(["template", "fused"]), default="template", show_default=True,
+              help="Labels every warped-template method carries: the template's own, or the training subjects' "
+                   "fused onto the template (the subjects' label definition; registers every training subject).")
 @click.option("--demons-iterations", default="50,25", show_default=True,
               help="Demons iterations per level (levels shrink 2, 1; one value = one full-resolution level).")
 @click.option("--demons-sigma", type=click.FloatRange(min=0, min_open=True), default=1.5, show_default=True,
@@ -70,7 +73,7 @@ def _parse_ints(text: str) -> tuple[int, ...]:
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 @click.option("--quiet", is_flag=True)
 def main(manifest, checkpoint, bundle, backend, compare, label_scheme, window, steps, samples, seed, guidance,
-         batch, curve_ages, no_deformable, demons_iterations, demons_sigma, out, overwrite, quiet):
+         batch, curve_ages, no_deformable, template_labels, demons_iterations, demons_sigma, out, overwrite, quiet):
     """Score the model's atlases (and --compare models, the template, the linear average) on held-out subjects."""
     from diffdef.evaluate import report
 
@@ -124,18 +127,25 @@ def main(manifest, checkpoint, bundle, backend, compare, label_scheme, window, s
         shrink = (2, 1) if len(iterations) == 2 else (1,)
         settings = DemonsSettings(iterations=iterations, shrink=shrink, sigma_voxels=demons_sigma)
     template = load_template(grid)
-    result = evaluate(subjects, sources, template, scheme=label_scheme, window=window, steps=steps, seed=seed,
-                      samples=samples, guidance=guidance, batch=batch, deformable=settings, curve_ages=ages, log=log)
+    try:
+        result = evaluate(subjects, sources, template, scheme=label_scheme, window=window, steps=steps, seed=seed,
+                          samples=samples, guidance=guidance, batch=batch, deformable=settings, curve_ages=ages,
+                          template_labels=template_labels, log=log)
+    except ValueError as err:  # e.g. no held-out subject, or nothing to fuse the template's labels from
+        raise click.ClickException(str(err)) from None
     meta = {
         "command": sys.argv,
         "options": {"manifest": str(manifest.resolve()), "backend": backend, "label_scheme": label_scheme,
                     "window": window, "steps": steps, "samples": samples, "seed": seed, "guidance": guidance,
-                    "batch": batch, "curve_ages": ages, "deformable": not no_deformable, "out": str(out)},
+                    "batch": batch, "curve_ages": ages, "deformable": not no_deformable,
+                    "template_labels": template_labels, "out": str(out)},
         "models": {s.name: {"path": s.path, "backend": s.backend, "conditions": list(s.opened.info.conditions.names)}
                    for s in sources},
         "registration": settings.describe() if settings else None,
         "grid": grid.name,
-        "template_labels": "diffdef scheme, class masks warped as float maps and thresholded at > 0.5",
+        "template_labels": ("the template's own labels (diffdef scheme)" if template_labels == "template" else
+                            "the training subjects' labels fused onto the template (fraction of subjects per class)")
+                           + ", class maps warped as float maps and thresholded at > 0.5",
         "method_means": report.method_means(result),
         "wilcoxon": "scipy.stats.wilcoxon, paired, two-sided, zero differences dropped (zero_method='wilcox')",
         "seconds_total": time.perf_counter() - tic,

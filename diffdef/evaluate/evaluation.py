@@ -23,9 +23,11 @@ from diffdef.evaluate.atlases import (LINEAR, MODEL, TEMPLATE, Atlas, ModelSourc
 from diffdef.evaluate.baselines import LinearAverage
 from diffdef.evaluate.cohort import Subject, decade, split
 from diffdef.evaluate.deformable import DemonsSettings, register_labels
+from diffdef.evaluate.fused_labels import fused_class_maps
 from diffdef.evaluate.scores import CLASSES, dice_per_class, field_figures, ncc, ssim, template_class_maps
 
 PROTOCOLS = ("affine", "deformable")
+TEMPLATE_LABELS = ("template", "fused")
 FIELD_KEYS = ("folding_pct", "grad_jac", "disp_mm")
 
 
@@ -36,21 +38,36 @@ def subject_ventricle_ml(subject: Subject, scheme: str, voxel_ml: float) -> floa
 def evaluate(subjects: Sequence[Subject], sources: Sequence[ModelSource], template, *, scheme: str,
              window: float = 5.0, steps: int = 20, seed: int = 0, samples: int = 4, guidance: float = 1.0,
              batch: int = 8, deformable: DemonsSettings | None = DemonsSettings(),
-             curve_ages: Sequence[float] = (), log: Callable[[str], None] = print) -> dict:
+             curve_ages: Sequence[float] = (), template_labels: str = "template",
+             log: Callable[[str], None] = print) -> dict:
     """Score every method on the held-out subjects. Returns ``rows``, ``bins``, ``paired``, ``curves``, ``meta``.
 
     ``sources[0]`` is the model; the others are compare models. ``deformable=None`` skips the deformable protocol.
+    ``template_labels``: the class maps every warped-template method carries: ``template`` (the template's own
+    labels) or ``fused`` (the training subjects' labels fused onto the template, :mod:`.fused_labels`; the atlas's
+    ventricle volume then comes from the fused lateral-ventricle map too).
     """
     grid = template.grid
     voxel_ml, spacing = float(grid.voxel_volume_ml), float(grid.spacing_mm)
     test, train = split(subjects, "test"), split(subjects, "train")
     if not test:
         raise ValueError("no held-out subject (split == test) in the manifest")
-    class_maps = template_class_maps(template.labels, "diffdef")
+    if template_labels not in TEMPLATE_LABELS:
+        raise ValueError(f"template_labels must be one of {TEMPLATE_LABELS}, got {template_labels!r}")
+    if template_labels == "fused":
+        tic = time.perf_counter()
+        class_maps = fused_class_maps(template.labels, [s.labels for s in train], scheme, log=log)
+        ventricle_map = class_maps[CLASSES.index("lateral_ventricles")]
+        fusion_s = time.perf_counter() - tic
+    else:
+        class_maps = template_class_maps(template.labels, "diffdef")
+        ventricle_map, fusion_s = template.ventricle_prob, 0.0
     brain = np.asarray(template.brain_mask, bool)
     subject_masks = {s.id: tissue_masks(s.labels, scheme) for s in subjects}
     volumes = {s.id: subject_ventricle_ml(s, scheme, voxel_ml) for s in subjects}
     timings: dict[str, float] = defaultdict(float)
+    if fusion_s:
+        timings["fuse_template_labels"] = fusion_s
 
     # ---- atlases -------------------------------------------------------------------------------------
     per_method: dict[str, Callable[[Subject], tuple[Atlas, dict]]] = {}
@@ -63,7 +80,7 @@ def evaluate(subjects: Sequence[Subject], sources: Sequence[ModelSource], templa
         keys = [condition_key(s, names) for s in test]
         curve_keys = curve_conditions(names, [*curve_ages, *centres], subjects) if "age" in names else []
         tic = time.perf_counter()
-        made = generate_atlases(source, [*keys, *curve_keys], class_maps, template.ventricle_prob, voxel_ml,
+        made = generate_atlases(source, [*keys, *curve_keys], class_maps, ventricle_map, voxel_ml,
                                 steps=steps, seed=seed, samples=samples, guidance=guidance, batch=batch, log=log)
         timings[f"generate_{source.name}"] += time.perf_counter() - tic
         n_curve = len(curve_ages)
@@ -76,7 +93,7 @@ def evaluate(subjects: Sequence[Subject], sources: Sequence[ModelSource], templa
         per_method[source.name] = lambda s, made=made, names=names: (made[condition_key(s, names)], {})
         if source is sources[0] and curve_keys[:n_curve]:  # the model's atlases along the curve, for the montage
             montage = curve_montage(curve_ages, [made[k] for k in curve_keys[:n_curve]], grid.affine)
-    tmpl = template_atlas(template, class_maps, voxel_ml)
+    tmpl = template_atlas(template, class_maps, ventricle_map, voxel_ml)
     per_method[TEMPLATE] = lambda s: (tmpl, {})
     curves[TEMPLATE] = {"ages": list(map(float, curve_ages)), "ventricle_ml": [tmpl.ventricle_ml] * len(curve_ages),
                         "centre_ventricle_ml": {int(d): tmpl.ventricle_ml for d in decades}}
