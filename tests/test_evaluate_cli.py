@@ -135,5 +135,6 @@ def test_fused_template_labels_are_recorded_and_score_the_template(tiny_checkpoi
     assert summary["options"]["template_labels"] == "fused"
     assert summary["template_labels"].startswith("the training subjects' labels fused")
     assert summary["timings_s"]["fuse_template_labels"] > 0
+    assert summary["template_label_fusion"]["histogram_matching"] is False
     row = next(r for r in _rows(out / "per_subject.csv") if r["subject"] == "t1" and r["method"] == "template")
     assert float(row["dice_affine_wm"]) > 0.95 and float(row["dice_affine_gm"]) > 0.9

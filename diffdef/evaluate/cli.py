@@ -104,6 +104,7 @@ def main(manifest, checkpoint, bundle, backend, compare, label_scheme, window, s
     from diffdef.evaluate.cohort import read_cohort
     from diffdef.evaluate.deformable import DemonsSettings
     from diffdef.evaluate.evaluation import evaluate
+    from diffdef.evaluate.fused_labels import FUSION_REGISTRATION
     from diffdef.template import load_template
     from diffdef_runtime.grid import GRIDS
 
@@ -142,6 +143,7 @@ def main(manifest, checkpoint, bundle, backend, compare, label_scheme, window, s
         "models": {s.name: {"path": s.path, "backend": s.backend, "conditions": list(s.opened.info.conditions.names)}
                    for s in sources},
         "registration": settings.describe() if settings else None,
+        "template_label_fusion": FUSION_REGISTRATION.describe() if template_labels == "fused" else None,
         "grid": grid.name,
         "template_labels": ("the template's own labels (diffdef scheme)" if template_labels == "template" else
                             "the training subjects' labels fused onto the template (fraction of subjects per class)")
