@@ -70,7 +70,7 @@ class ModelInfo:
     latent_scale: float
     affine: np.ndarray
     voxel_volume_ml: float
-    default_steps: int = 20  # = DEFAULT_STEPS
+    default_steps: int = DEFAULT_STEPS
 
 
 @dataclass(frozen=True)

@@ -54,20 +54,18 @@ def evaluate(subjects: Sequence[Subject], sources: Sequence[ModelSource], templa
         raise ValueError("no held-out subject (split == test) in the manifest")
     if template_labels not in TEMPLATE_LABELS:
         raise ValueError(f"template_labels must be one of {TEMPLATE_LABELS}, got {template_labels!r}")
+    timings: dict[str, float] = defaultdict(float)
     if template_labels == "fused":
         tic = time.perf_counter()
         class_maps = fused_class_maps(template.labels, [s.labels for s in train], scheme, log=log)
         ventricle_map = class_maps[CLASSES.index("lateral_ventricles")]
-        fusion_s = time.perf_counter() - tic
+        timings["fuse_template_labels"] = time.perf_counter() - tic
     else:
         class_maps = template_class_maps(template.labels, "diffdef")
-        ventricle_map, fusion_s = template.ventricle_prob, 0.0
+        ventricle_map = template.ventricle_prob
     brain = np.asarray(template.brain_mask, bool)
     subject_masks = {s.id: tissue_masks(s.labels, scheme) for s in subjects}
     volumes = {s.id: subject_ventricle_ml(s, scheme, voxel_ml) for s in subjects}
-    timings: dict[str, float] = defaultdict(float)
-    if fusion_s:
-        timings["fuse_template_labels"] = fusion_s
 
     # ---- atlases -------------------------------------------------------------------------------------
     per_method: dict[str, Callable[[Subject], tuple[Atlas, dict]]] = {}
