@@ -31,6 +31,7 @@ from diffdef_export.onnx_export import (
     export_onnx, load_checkpoint, resolve_output_grid,
 )
 from diffdef_export.modules import DVFDecoderForExport
+from diffdef_export.unet_conv2d import unet_for_cpu
 from diffdef_export.warp_gather import GatherWarpModule, gather_warp
 from diffdef_runtime import atomic
 from diffdef_runtime.bundle import CHECKSUMS, TEMPLATE_FILES, Bundle, format_checksums, sha256_file
@@ -42,9 +43,11 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILES = ("denoiser.safetensors", "denoiser.json", "dvf_decoder.safetensors", "dvf_decoder.json",
                     "model.json")
-FP16_COMPONENTS = ("unet", "dvf_decoder", "dvf_decoder_gather")  # the warp stays float32 always
+FP16_COMPONENTS = ("unet", "unet_conv2d", "dvf_decoder", "dvf_decoder_gather")  # the warp stays float32 always
 #: The Gather-based twins (no GridSample, for TensorRT) and the component whose interface and reference they share.
 GATHER_TWINS = {"warp_gather": "warp", "dvf_decoder_gather": "dvf_decoder"}
+#: Twins for ONNX Runtime's CPU provider (``diffdef_export.unet_conv2d``), likewise.
+CPU_TWINS = {"unet_conv2d": "unet"}
 
 
 @dataclasses.dataclass
@@ -257,6 +260,15 @@ def _write_bundle(checkpoint: LoadedCheckpoint, out: OutputGrid, staging: Path, 
     interfaces["warp_gather"] = gather_if
     exporters = {**{name: e.exporter for name, e in exported.items()}, "warp_gather": gather.exporter}
 
+    # The UNet with 2-D convolutions over depth slices, for ONNX Runtime's CPU provider (faster there).
+    cpu_if = dataclasses.replace(interfaces["unet"], name="unet_conv2d", file="unet_conv2d.onnx")
+    cpu_unet = export_component("unet_conv2d", Component(cpu_if, unet_for_cpu(checkpoint.denoiser),
+                                                          comps["unet"].reference),
+                                staging, cache_key=cache_key("unet_conv2d", checkpoint.weights_key, out)
+                                if use_cache else None)
+    seconds["unet_conv2d"], interfaces["unet_conv2d"] = cpu_unet.seconds, cpu_if
+    exporters["unet_conv2d"] = cpu_unet.exporter
+
     # A diffeomorphic decoder integrates with 5-D GridSample: its twin integrates with the Gather warp, so that
     # TensorRT (any version, and whatever it makes of GridSample's "linear" spelling) never parses a GridSample.
     diffeomorphic = bool(checkpoint.decoder.config.diffeomorphic)
@@ -287,7 +299,7 @@ def _write_bundle(checkpoint: LoadedCheckpoint, out: OutputGrid, staging: Path, 
         path = staging / interface.file
         verify.check_model(path)
         tol = verify.TOLERANCES[precision if name in FP16_COMPONENTS else "fp32"]
-        reference = comps[GATHER_TWINS.get(name, name)].reference
+        reference = comps[{**GATHER_TWINS, **CPU_TWINS}.get(name, name)].reference
         result = verify.parity(name, path, reference, interface, tol)
         verification[name] = result.to_dict()
         inv = verify.inventory(path)

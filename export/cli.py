@@ -62,14 +62,16 @@ def main(checkpoint_dir: Path, output: Path, fp16: bool, tensorrt: bool, grid: s
     except ExportError as err:
         raise click.ClickException(str(err)) from None
     report = reports[0]
-    click.echo(f"{'component':<12} {'file':<18} {'export s':>9} {'size':>10} {'max abs':>10} {'max rel':>10} "
-               f"{'tolerance':>9}  TensorRT-unsupported ops")
+    name_w = max(len("component"), *(len(c.name) for c in report.components))
+    file_w = max(len("file"), *(len(c.file) for c in report.components))
+    click.echo(f"{'component':<{name_w}} {'file':<{file_w}} {'export s':>9} {'size':>10} {'max abs':>10} "
+               f"{'max rel':>10} {'tolerance':>9}  TensorRT-unsupported ops")
     for c in report.components:
         unsupported = ", ".join(c.unsupported) or "-"
         if unsupported == "GridSample":
             unsupported = "GridSample (5-D: TensorRT >= 11.2)"
-        click.echo(f"{c.name:<12} {c.file:<18} {c.seconds:>9.1f} {_size(c.size_bytes):>10} {c.max_abs:>10.2e} "
-                   f"{c.max_rel:>10.2e} {c.tolerance:>9.0e}  {unsupported}")
+        click.echo(f"{c.name:<{name_w}} {c.file:<{file_w}} {c.seconds:>9.1f} {_size(c.size_bytes):>10} "
+                   f"{c.max_abs:>10.2e} {c.max_rel:>10.2e} {c.tolerance:>9.0e}  {unsupported}")
     click.echo("relative error = max|onnx - torch| / max|torch| (ONNX Runtime CPU vs PyTorch fp32, batch 2)")
     for name, engine in report.engines.items():
         click.echo(f"engine {name}: {engine.path} ({'cached' if engine.cached else f'{engine.seconds:.1f} s'})")

@@ -36,7 +36,7 @@ _FLAG = {"age": "--age", "sex": "--sex", "ventricle_volume_ml": "--ventricles"}
 @click.option("--outputs", default=",".join(("atlas", "dvf", "jacobian", "preview")), show_default=True,
               help="Files per condition, comma-separated subset of atlas,dvf,jacobian,preview (record.json always).")
 @click.option("--compress/--no-compress", default=True, show_default=True,
-              help="NIfTIs as .nii.gz (gzip level 1) or uncompressed .nii (faster to write, about 1.2x larger).")
+              help="NIfTIs as .nii.gz (gzip, ISA-L level 1) or uncompressed .nii (1.06x larger DVF, 3.4x atlas).")
 @click.option("--overwrite", is_flag=True,
               help="Write into a non-empty --out, replacing (whole) the condition folders this run writes.")
 @click.option("--wait", is_flag=True, help="If another run writes to --out, wait for it instead of failing.")

@@ -1,17 +1,21 @@
 """The one NIfTI writer: every image DiffDef writes lies on the MNI152 template grid.
 
 Header: qform and sform code 4 (MNI152), spatial units mm, an optional description and intent. ``.nii.gz``
-files are gzip level 1 (nibabel's own default: the fastest level, a few percent larger than level 6);
-``.nii`` files are uncompressed. Written atomically (:mod:`diffdef_runtime.atomic`).
+files are ordinary gzip files (any gzip reader opens them) compressed by ISA-L (the ``isal`` package) at its level
+1; ``.nii`` files are uncompressed. Written atomically (:mod:`diffdef_runtime.atomic`).
+
+Why ISA-L and not Python's zlib: the paper-grid DVF (69 MB of float32) took 1.75 s with zlib at its fastest level
+and 0.13 s with ISA-L level 1 at the same size (0.947 of the raw bytes, zlib 0.936); the atlas 0.24 against
+0.02 s (0.297 against 0.303). Measured on a 2-core AMD EPYC.
 """
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from isal import igzip
 
 from diffdef_runtime import atomic
 
@@ -40,6 +44,6 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path, descript
         raise ValueError(f"{path}: a NIfTI file name ends in .nii or .nii.gz")
     data = nifti_bytes(array, affine, description, intent)
     if path.name.endswith(".gz"):
-        data = gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+        data = igzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
     atomic.write_bytes(path, data)
     return path

@@ -38,3 +38,17 @@ def test_vector_intent_and_integer_labels(tmp_path):
 def test_other_extensions_are_refused(tmp_path):
     with pytest.raises(ValueError, match="ends in .nii or .nii.gz"):
         save_nifti(np.zeros((2, 2, 2)), np.eye(4), tmp_path / "a.mgz")
+
+
+def test_nii_gz_is_one_ordinary_gzip_member_of_the_nii_bytes_and_compressed(tmp_path):
+    """Written by ISA-L, read by zlib: one gzip member (RFC 1952) holding exactly the .nii file's bytes."""
+    import zlib
+
+    rng = np.random.default_rng(0)
+    array = np.round(rng.random((20, 24, 16)), 2).astype(np.float32)  # compressible, like an atlas
+    plain = save_nifti(array, np.eye(4), tmp_path / "a.nii").read_bytes()
+    packed = save_nifti(array, np.eye(4), tmp_path / "a.nii.gz").read_bytes()
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip framing, one member
+    assert inflater.decompress(packed) == plain and inflater.eof and inflater.unused_data == b""
+    assert len(packed) < 0.8 * len(plain)
+    assert save_nifti(array, np.eye(4), tmp_path / "b.nii.gz").read_bytes() == packed  # no time stamp: same bytes

@@ -105,3 +105,15 @@ def test_chosen_outputs_only_and_uncompressed_niftis(tmp_path):
         output_names(("atlas", "mesh"))
     with pytest.raises(ValueError, match="outputs must be a non-empty subset"):
         output_names(())
+
+
+def test_a_failing_writer_leaves_no_folder(tmp_path, monkeypatch):
+    from diffdef_runtime import outputs
+
+    def fail(*args, **kwargs):
+        raise OSError("preview failed")
+
+    monkeypatch.setattr(outputs, "write_preview", fail)
+    with pytest.raises(OSError, match="preview failed"):
+        write_result(_result(), np.eye(4), tmp_path, run_id="r2")
+    assert list(tmp_path.iterdir()) == []  # neither the condition folder nor its hidden staging

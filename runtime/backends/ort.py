@@ -7,7 +7,8 @@ outputs live in pre-allocated device OrtValues; each call copies the (small) inp
 back, so the session never allocates per step. TensorRT's execution provider is put first when onnxruntime
 offers it; its sessions then load the Gather twins (``warp_gather.onnx``, ``dvf_decoder_gather.onnx`` where
 the bundle has them) so that TensorRT never parses a GridSample (``diffdef_export.tensorrt_build`` says why).
-On the CPU alone the decoder runs from ``dvf_decoder_gather.onnx`` too, faster there (:func:`session_file`).
+On the CPU alone the UNet runs from ``unet_conv2d.onnx`` and the decoder from ``dvf_decoder_gather.onnx``,
+both faster there (``CPU_TWINS``).
 The CUDA provider runs 5-D GridSample from onnxruntime-gpu 1.25 (the ``gpu`` extra's minimum).
 """
 
@@ -145,18 +146,27 @@ class _BoundModel:
         return [host for host, _ in outputs]
 
 
+#: The twin ONNX Runtime's CPU provider runs instead of a component, where the bundle has it (same interface,
+#: verified against the same PyTorch reference), with the time measured on the 2 mm default (2-core CPU,
+#: benchmarks/latency.py): the UNet with 2-D convolutions over depth slices (``unet_conv2d.onnx``, 6.0-7.7
+#: against 9.5-11.8 ms a step; ``diffdef_export.unet_conv2d`` says why) and the decoder integrated with Gather
+#: arithmetic (``dvf_decoder_gather.onnx``, 27-37 against 60 ms for GridSample's seven scaling-and-squaring
+#: warps). The warp keeps GridSample: for one full-grid warp it was as fast (30 against 34 ms).
+CPU_TWINS = {"unet": "unet_conv2d", "dvf_decoder": "dvf_decoder_gather"}
+
+
 def session_file(bundle: Bundle, name: str, providers: Sequence) -> Path:
-    """The ONNX file of component ``name`` for a session on ``providers``: its Gather twin (``<name>_gather``,
-    same interface and verified against the same PyTorch reference) when the bundle has one and either the
-    TensorRT provider is among the providers (no 5-D GridSample there) or the session runs on the CPU alone
-    and ``name`` is the DVF decoder. Why the CPU case: ONNX Runtime's CPU GridSample took 60 ms for the 2 mm
-    default decoder's seven scaling-and-squaring warps on a 2-core CPU, the Gather twin 27-37 ms; for the
-    single full-grid warp GridSample was as fast (30 vs 34 ms), so ``warp`` keeps it (benchmarks/latency.py)."""
+    """The ONNX file of component ``name`` for a session on ``providers``: with the TensorRT provider among them,
+    its Gather twin (``<name>_gather``, no 5-D GridSample for TensorRT); on the CPU provider alone, its
+    ``CPU_TWINS`` twin; else (or where the bundle lacks the twin) its own file."""
     names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
-    twin = f"{name}_gather"
-    cpu_only = set(names) == {"CPUExecutionProvider"}
-    if twin in bundle.manifest.get("interfaces", {}) and (
-            "TensorrtExecutionProvider" in names or (cpu_only and name == "dvf_decoder")):
+    if "TensorrtExecutionProvider" in names:
+        twin = f"{name}_gather"
+    elif set(names) == {"CPUExecutionProvider"}:
+        twin = CPU_TWINS.get(name)
+    else:
+        twin = None
+    if twin is not None and twin in bundle.manifest.get("interfaces", {}):
         return Path(bundle.root) / bundle.interface(twin).file
     return Path(bundle.root) / bundle.interface(name).file
 
