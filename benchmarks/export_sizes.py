@@ -101,7 +101,7 @@ def _export_only(ckpt: Path, out: Path, config: str, precision: str) -> None:
     export_module(GatherWarpModule().eval(), gather_if, out / gather_if.file)
     seconds["warp_gather"], files["warp_gather"] = time.perf_counter() - t0, out / gather_if.file
     if precision == "fp16":
-        for name in FP16_COMPONENTS:
+        for name in (n for n in FP16_COMPONENTS if n in files):
             t0 = time.perf_counter()
             path = files[name]
             converted = convert_to_fp16(onnx.load(str(path)))

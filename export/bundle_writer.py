@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILES = ("denoiser.safetensors", "denoiser.json", "dvf_decoder.safetensors", "dvf_decoder.json",
                     "model.json")
-FP16_COMPONENTS = ("unet", "unet_conv2d", "dvf_decoder", "dvf_decoder_gather")  # the warp stays float32 always
+FP16_COMPONENTS = ("unet", "dvf_decoder", "dvf_decoder_gather")  # the warp stays float32 always
 #: The Gather-based twins (no GridSample, for TensorRT) and the component whose interface and reference they share.
 GATHER_TWINS = {"warp_gather": "warp", "dvf_decoder_gather": "dvf_decoder"}
 #: Twins for ONNX Runtime's CPU provider (``diffdef_export.unet_conv2d``), likewise.
@@ -260,14 +260,16 @@ def _write_bundle(checkpoint: LoadedCheckpoint, out: OutputGrid, staging: Path, 
     interfaces["warp_gather"] = gather_if
     exporters = {**{name: e.exporter for name, e in exported.items()}, "warp_gather": gather.exporter}
 
-    # The UNet with 2-D convolutions over depth slices, for ONNX Runtime's CPU provider (faster there).
-    cpu_if = dataclasses.replace(interfaces["unet"], name="unet_conv2d", file="unet_conv2d.onnx")
-    cpu_unet = export_component("unet_conv2d", Component(cpu_if, unet_for_cpu(checkpoint.denoiser),
-                                                          comps["unet"].reference),
-                                staging, cache_key=cache_key("unet_conv2d", checkpoint.weights_key, out)
-                                if use_cache else None)
-    seconds["unet_conv2d"], interfaces["unet_conv2d"] = cpu_unet.seconds, cpu_if
-    exporters["unet_conv2d"] = cpu_unet.exporter
+    # The UNet with 2-D convolutions over depth slices, for ONNX Runtime's CPU provider (faster there). fp32
+    # bundles only: fp16 bundles are for GPUs, and ONNX Runtime's x86 CPU provider has no fp16 convolution.
+    if not fp16:
+        cpu_if = dataclasses.replace(interfaces["unet"], name="unet_conv2d", file="unet_conv2d.onnx")
+        cpu_unet = export_component("unet_conv2d", Component(cpu_if, unet_for_cpu(checkpoint.denoiser),
+                                                              comps["unet"].reference),
+                                    staging, cache_key=cache_key("unet_conv2d", checkpoint.weights_key, out)
+                                    if use_cache else None)
+        seconds["unet_conv2d"], interfaces["unet_conv2d"] = cpu_unet.seconds, cpu_if
+        exporters["unet_conv2d"] = cpu_unet.exporter
 
     # A diffeomorphic decoder integrates with 5-D GridSample: its twin integrates with the Gather warp, so that
     # TensorRT (any version, and whatever it makes of GridSample's "linear" spelling) never parses a GridSample.

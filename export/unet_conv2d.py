@@ -1,5 +1,6 @@
-"""The UNet for ONNX Runtime's CPU provider: every 3-D convolution with a kernel deeper than one slice written as one
-2-D convolution over depth slices, and nearest 2x upsampling written as copies. Exported as ``unet_conv2d.onnx``,
+"""The UNet for ONNX Runtime's CPU provider: every stride-1 3-D convolution with a kernel deeper than one slice
+written as one 2-D convolution over depth slices (the strided downsampling stays 3-D), and nearest 2x upsampling
+written as copies. Exported as ``unet_conv2d.onnx`` into fp32 bundles,
 a twin of ``unet.onnx`` (same interface, verified against the same PyTorch module) that the runtime loads when
 the CPU is its only provider (``diffdef_runtime.backends.ort.session_file``).
 
@@ -65,15 +66,15 @@ class DepthSlicedConv3d(nn.Module):
 
 
 class NearestUpsampleByCopies(nn.Module):
-    """``nn.Upsample(scale_factor=s, mode="nearest")`` of (N, C, D, H, W) with an integer s, written as s copies
-    interleaved along each spatial axis (exported as Unsqueeze/Concat/Reshape, not a 5-D Resize)."""
+    """``nn.Upsample(scale_factor=s, mode="nearest")`` with an integer s, written as s copies interleaved along
+    each spatial axis (exported as Unsqueeze/Concat/Reshape, not a Resize). (N, C, *spatial) -> (N, C, *s*spatial)."""
 
     def __init__(self, factor: int) -> None:
         super().__init__()
         self.factor = int(factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for axis in (4, 3, 2):
+        for axis in range(x.dim() - 1, 1, -1):  # last spatial axis first
             x = torch.stack([x] * self.factor, dim=axis + 1).flatten(axis, axis + 1)
         return x
 
@@ -87,7 +88,7 @@ def is_depth_sliceable(conv: nn.Module) -> bool:
 
 
 def _integer_nearest_factor(module: nn.Module) -> int | None:
-    """The integer factor of a 5-D nearest ``nn.Upsample`` with one scale factor on every axis, else None."""
+    """The integer factor of a nearest ``nn.Upsample`` with one scale factor on every axis, else None."""
     if not isinstance(module, nn.Upsample) or module.mode != "nearest" or module.size is not None:
         return None
     factors = module.scale_factor if isinstance(module.scale_factor, tuple) else (module.scale_factor,)

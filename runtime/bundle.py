@@ -6,6 +6,8 @@ Layout::
                                interfaces, tool versions, verification results, sha256 of every file
     checksums.sha256           sha256 of every file above, manifest.json included (``sha256sum -c`` format)
     unet.onnx  dvf_decoder.onnx  warp.onnx
+    warp_gather.onnx  dvf_decoder_gather.onnx (diffeomorphic)   twins without GridSample (TensorRT; CPU decoder)
+    unet_conv2d.onnx (fp32 bundles)                             the UNet twin ONNX Runtime's CPU provider runs
     template_t1.nii.gz  template_ventricle_prob.nii.gz  template_labels.nii.gz
     checkpoint/                denoiser / dvf_decoder weights + model.json (the torch reference)
     engines/                   TensorRT engines built on the target machine (cache, not checksummed)
