@@ -46,8 +46,8 @@ CHECKPOINT_FILES = ("denoiser.safetensors", "denoiser.json", "dvf_decoder.safete
 FP16_COMPONENTS = ("unet", "dvf_decoder", "dvf_decoder_gather")  # the warp stays float32 always
 #: The Gather-based twins (no GridSample, for TensorRT) and the component whose interface and reference they share.
 GATHER_TWINS = {"warp_gather": "warp", "dvf_decoder_gather": "dvf_decoder"}
-#: Twins for ONNX Runtime's CPU provider (``diffdef_export.unet_conv2d``), likewise.
-CPU_TWINS = {"unet_conv2d": "unet"}
+#: Every twin and its component: the Gather ones and the UNet for ONNX Runtime's CPU provider (``unet_conv2d``).
+TWINS = {**GATHER_TWINS, "unet_conv2d": "unet"}
 
 
 @dataclasses.dataclass
@@ -251,38 +251,28 @@ def _write_bundle(checkpoint: LoadedCheckpoint, out: OutputGrid, staging: Path, 
     comps = components(checkpoint, out)
     interfaces: dict[str, ModelInterface] = {name: c.interface for name, c in comps.items()}
     seconds = {name: e.seconds for name, e in exported.items()}
+    exporters = {name: e.exporter for name, e in exported.items()}
 
-    # The Gather warp (no GridSample) for TensorRT < 11.2: same interface, another file.
-    gather_if = dataclasses.replace(interfaces["warp"], name="warp_gather", file="warp_gather.onnx")
-    gather = export_component("warp_gather", Component(gather_if, GatherWarpModule().eval(), comps["warp"].reference),
-                              staging, cache_key=cache_key("warp_gather", "", out) if use_cache else None)
-    seconds["warp_gather"] = gather.seconds
-    interfaces["warp_gather"] = gather_if
-    exporters = {**{name: e.exporter for name, e in exported.items()}, "warp_gather": gather.exporter}
+    def export_twin(name: str, module, weights_key: str) -> None:
+        """Export ``module`` as ``<name>.onnx``, twin of component ``TWINS[name]``: its interface and reference."""
+        base = TWINS[name]
+        interface = dataclasses.replace(interfaces[base], name=name, file=f"{name}.onnx")
+        key = cache_key(name, weights_key, out) if use_cache else None
+        done = export_component(name, Component(interface, module, comps[base].reference), staging, cache_key=key)
+        seconds[name], interfaces[name], exporters[name] = done.seconds, interface, done.exporter
 
+    # The Gather warp (no GridSample) for TensorRT < 11.2.
+    export_twin("warp_gather", GatherWarpModule().eval(), "")
     # The UNet with 2-D convolutions over depth slices, for ONNX Runtime's CPU provider (faster there). fp32
     # bundles only: fp16 bundles are for GPUs, and ONNX Runtime's x86 CPU provider has no fp16 convolution.
     if not fp16:
-        cpu_if = dataclasses.replace(interfaces["unet"], name="unet_conv2d", file="unet_conv2d.onnx")
-        cpu_unet = export_component("unet_conv2d", Component(cpu_if, unet_for_cpu(checkpoint.denoiser),
-                                                              comps["unet"].reference),
-                                    staging, cache_key=cache_key("unet_conv2d", checkpoint.weights_key, out)
-                                    if use_cache else None)
-        seconds["unet_conv2d"], interfaces["unet_conv2d"] = cpu_unet.seconds, cpu_if
-        exporters["unet_conv2d"] = cpu_unet.exporter
-
+        export_twin("unet_conv2d", unet_for_cpu(checkpoint.denoiser), checkpoint.weights_key)
     # A diffeomorphic decoder integrates with 5-D GridSample: its twin integrates with the Gather warp, so that
     # TensorRT (any version, and whatever it makes of GridSample's "linear" spelling) never parses a GridSample.
     diffeomorphic = bool(checkpoint.decoder.config.diffeomorphic)
     if diffeomorphic:
-        twin_if = dataclasses.replace(interfaces["dvf_decoder"], name="dvf_decoder_gather",
-                                      file="dvf_decoder_gather.onnx")
-        twin = Component(twin_if, DVFDecoderForExport(checkpoint.decoder, out.factor, warp=gather_warp).eval(),
-                         comps["dvf_decoder"].reference)
-        key = cache_key("dvf_decoder_gather", checkpoint.weights_key, out) if use_cache else None
-        twin_file = export_component("dvf_decoder_gather", twin, staging, cache_key=key)
-        seconds["dvf_decoder_gather"], interfaces["dvf_decoder_gather"] = twin_file.seconds, twin_if
-        exporters["dvf_decoder_gather"] = twin_file.exporter
+        decoder = DVFDecoderForExport(checkpoint.decoder, out.factor, warp=gather_warp).eval()
+        export_twin("dvf_decoder_gather", decoder, checkpoint.weights_key)
 
     if fp16:
         for name in (n for n in FP16_COMPONENTS if n in interfaces):
@@ -301,7 +291,7 @@ def _write_bundle(checkpoint: LoadedCheckpoint, out: OutputGrid, staging: Path, 
         path = staging / interface.file
         verify.check_model(path)
         tol = verify.TOLERANCES[precision if name in FP16_COMPONENTS else "fp32"]
-        reference = comps[{**GATHER_TWINS, **CPU_TWINS}.get(name, name)].reference
+        reference = comps[TWINS.get(name, name)].reference
         result = verify.parity(name, path, reference, interface, tol)
         verification[name] = result.to_dict()
         inv = verify.inventory(path)

@@ -5,7 +5,7 @@ files are ordinary gzip files (any gzip reader opens them) compressed by ISA-L (
 1; ``.nii`` files are uncompressed. Written atomically (:mod:`diffdef_runtime.atomic`).
 
 Why ISA-L and not Python's zlib: the paper-grid DVF (69 MB of float32) took 1.75 s with zlib at its fastest level
-and 0.13 s with ISA-L level 1 at the same size (0.947 of the raw bytes, zlib 0.936); the atlas 0.24 against
+and 0.13 s with ISA-L level 1 at about the same size (0.947 of the raw bytes, zlib 0.936); the atlas 0.24 against
 0.02 s (0.297 against 0.303). Measured on a 2-core AMD EPYC.
 """
 
